@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/eval"
+	"github.com/tunellm/tune/model"
+)
+
+func newCmdEval(f *Factory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "eval <measure>",
+		Short: "Measure a model: perplexity",
+		Long:  "Eval measures a model folder on a corpus. Every measure prints a summary, or JSON with --json.",
+		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.txt
+  tune eval ppl --model ./Qwen3-8B --data test.parquet --ctx 1024 --json`,
+	}
+	cmd.AddCommand(newCmdEvalPPL(f, nil))
+	return cmd
+}
+
+// EvalPPLOptions are the inputs of `tune eval ppl`.
+type EvalPPLOptions struct {
+	IO        *IOStreams
+	ModelDir  string
+	Data      string
+	Column    string
+	Ctx       int
+	MaxTokens int
+	JSON      bool
+}
+
+func newCmdEvalPPL(f *Factory, runF func(*EvalPPLOptions) error) *cobra.Command {
+	opts := &EvalPPLOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "ppl --model DIR --data FILE",
+		Short: "Perplexity of a model on a text corpus",
+		Long: `Perplexity reads a corpus (plain text; JSONL, a JSON list or Parquet with a text
+column; rows are joined with a blank line "\n\n"), tokenizes it as one stream (the
+tokenizer's BOS is prepended once if it adds one: Llama 3 does, Qwen3 does not), cuts
+it into non-overlapping windows of --ctx tokens (the last, shorter one too), runs each
+window from position 0, and scores every token except the first of each window.
+
+  ppl = exp(sum of -log p(token | tokens before it in its window) / tokens scored)
+
+This is the non-overlapping (stride = ctx) perplexity of the transformers guide; it
+is lower with a longer --ctx, so compare models at the same --ctx.`,
+		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw
+  tune eval ppl --model ./Qwen3-8B --data data/test-00000-of-00001.parquet --column text --json
+  tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.ModelDir == "" {
+				return flagErrorf("--model is required: a Hugging Face model folder")
+			}
+			if opts.Data == "" {
+				return flagErrorf("--data is required: a .txt, .jsonl, .json or .parquet file")
+			}
+			if opts.Ctx < 2 {
+				return flagErrorf("--ctx: want at least 2 tokens, got %d", opts.Ctx)
+			}
+			if opts.MaxTokens < 0 {
+				return flagErrorf("--max-tokens: want >= 0 (0 = whole corpus), got %d", opts.MaxTokens)
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return evalPPLRun(opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.Data, "data", "", "corpus: .txt, .jsonl, .json or .parquet")
+	fl.StringVar(&opts.Column, "column", "text", "JSON field or Parquet column holding the text")
+	fl.IntVar(&opts.Ctx, "ctx", 512, "window length in tokens")
+	fl.IntVar(&opts.MaxTokens, "max-tokens", 0, "score only the first N tokens of the stream (0 = all)")
+	fl.BoolVar(&opts.JSON, "json", false, `print {"ppl":..., "nll":..., "tokens":...}`)
+	return cmd
+}
+
+func evalPPLRun(opts *EvalPPLOptions) error {
+	tok, err := loadTokenizer(opts.ModelDir)
+	if err != nil {
+		return err
+	}
+	var sb strings.Builder
+	rows := 0
+	err = data.ReadTexts(opts.Data, opts.Column, func(s string) error {
+		if rows > 0 {
+			sb.WriteString("\n\n")
+		}
+		sb.WriteString(s)
+		rows++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ids := tok.Encode(sb.String(), true)
+	if opts.MaxTokens > 0 && len(ids) > opts.MaxTokens {
+		ids = ids[:opts.MaxTokens]
+	}
+	m, err := model.Load(opts.ModelDir, model.LoadOptions{})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	var bar *progressbar.ProgressBar
+	if opts.IO.ErrTTY {
+		bar = progressbar.NewOptions(len(ids),
+			progressbar.OptionSetWriter(opts.IO.ErrOut),
+			progressbar.OptionSetDescription("perplexity"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("tok"),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100_000_000),
+			progressbar.OptionClearOnFinish(),
+		)
+	}
+	res, err := eval.Perplexity(m, ids, opts.Ctx, func(done, total int) {
+		if bar != nil {
+			bar.Set(done)
+		}
+	})
+	if bar != nil {
+		bar.Finish()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", opts.Data, err)
+	}
+	if opts.JSON {
+		return json.NewEncoder(opts.IO.Out).Encode(res)
+	}
+	fmt.Fprintf(opts.IO.Out, "perplexity %.4f  (mean NLL %.5f nats over %d tokens, %d windows of %d)\n",
+		res.PPL, res.NLL, res.Tokens, res.Windows, res.Ctx)
+	return nil
+}

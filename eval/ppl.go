@@ -1,0 +1,71 @@
+// Package eval measures models: perplexity over a corpus now; KL divergence,
+// benchmark spot-checks and the validation gates that every artifact passes build on
+// it. It computes nothing itself that the model does not: it drives model windows
+// and adds up their negative log-likelihoods.
+package eval
+
+import (
+	"fmt"
+	"math"
+)
+
+// Windower scores one window of tokens from position 0: the sum of
+// -log p(tokens[t] | tokens[:t]) over t >= 1 and the number of tokens scored
+// (len(tokens)-1). *model.Model implements it.
+type Windower interface {
+	WindowNLL(tokens []int) (sum float64, n int, err error)
+}
+
+// PPLResult is a perplexity measurement.
+type PPLResult struct {
+	PPL    float64 `json:"ppl"`
+	NLL    float64 `json:"nll"`    // mean negative log-likelihood per scored token, in nats
+	Tokens int     `json:"tokens"` // tokens scored
+	// Windows is how many windows of Ctx tokens the stream was cut into.
+	Windows int `json:"windows"`
+	Ctx     int `json:"ctx"`
+}
+
+// Windows cuts a token stream into non-overlapping windows of ctx tokens; the last
+// one may be shorter. A window of one token scores nothing and is dropped.
+func Windows(ids []int, ctx int) [][]int {
+	var w [][]int
+	for i := 0; i < len(ids); i += ctx {
+		end := min(i+ctx, len(ids))
+		if end-i >= 2 {
+			w = append(w, ids[i:end])
+		}
+	}
+	return w
+}
+
+// Perplexity scores a token stream the way `tune eval ppl` defines it: the stream is
+// cut into non-overlapping windows of ctx tokens (the last partial window too), each
+// window is run on its own from position 0, and every token but the first of each
+// window is scored. ppl = exp(sum NLL / tokens scored). progress, if not nil, is
+// called after each window with the tokens done so far and the total.
+func Perplexity(m Windower, ids []int, ctx int, progress func(done, total int)) (PPLResult, error) {
+	if ctx < 2 {
+		return PPLResult{}, fmt.Errorf("eval: ppl: context %d is too short: want at least 2 tokens", ctx)
+	}
+	wins := Windows(ids, ctx)
+	if len(wins) == 0 {
+		return PPLResult{}, fmt.Errorf("eval: ppl: the corpus has %d tokens: nothing to score (want at least 2)", len(ids))
+	}
+	var sum float64
+	n, done := 0, 0
+	for i, w := range wins {
+		s, k, err := m.WindowNLL(w)
+		if err != nil {
+			return PPLResult{}, fmt.Errorf("eval: ppl: window %d: %w", i, err)
+		}
+		sum += s
+		n += k
+		done += len(w)
+		if progress != nil {
+			progress(done, len(ids))
+		}
+	}
+	mean := sum / float64(n)
+	return PPLResult{PPL: math.Exp(mean), NLL: mean, Tokens: n, Windows: len(wins), Ctx: ctx}, nil
+}

@@ -1,0 +1,57 @@
+package cpu
+
+import "math"
+
+const (
+	ewAdd = iota
+	ewSwiGLU
+)
+
+// elementwiseChunk is fixed (not derived from the worker count).
+const elementwiseChunk = 1 << 14
+
+type elementwiseTask struct {
+	kind       int
+	out, a, bb []float32
+}
+
+// AddForward: out = a + b.
+func (b *Backend) AddForward(out, a, bb []float32) {
+	b.elementwise(ewAdd, out, a, bb)
+}
+
+// SwiGLUForward: out = silu(gate)*up, silu(x) = x/(1+exp(-x)) (torch F.silu).
+func (b *Backend) SwiGLUForward(out, gate, up []float32) {
+	b.elementwise(ewSwiGLU, out, gate, up)
+}
+
+func (b *Backend) elementwise(kind int, out, a, bb []float32) {
+	n := len(out)
+	need("elementwise", "a", len(a), n)
+	need("elementwise", "b", len(bb), n)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := &b.ew
+	*e = elementwiseTask{kind: kind, out: out, a: a[:n], bb: bb[:n]}
+	b.pool.do(e, (n+elementwiseChunk-1)/elementwiseChunk)
+	*e = elementwiseTask{}
+}
+
+func (e *elementwiseTask) run(_ *worker, chunk int) {
+	lo := chunk * elementwiseChunk
+	hi := min(lo+elementwiseChunk, len(e.out))
+	out := e.out[lo:hi]
+	a, bb := e.a[lo:hi], e.bb[lo:hi]
+	a, bb = a[:len(out)], bb[:len(out)]
+	switch e.kind {
+	case ewAdd:
+		for i := range out {
+			out[i] = a[i] + bb[i]
+		}
+	case ewSwiGLU:
+		for i := range out {
+			x := a[i]
+			out[i] = x / (1 + float32(math.Exp(float64(-x)))) * bb[i]
+		}
+	}
+}

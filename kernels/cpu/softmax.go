@@ -1,0 +1,82 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+)
+
+type softmaxTask struct {
+	out, in []float32
+	C       int
+}
+
+// SoftmaxForward: out[n,:] = exp(in[n,:]-max) / sum(exp(in[n,:]-max)).
+func (b *Backend) SoftmaxForward(out, in []float32, N, C int) {
+	need("softmax", "out", len(out), N*C)
+	need("softmax", "in", len(in), N*C)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.sm
+	*s = softmaxTask{out: out, in: in, C: C}
+	b.pool.do(s, N)
+	*s = softmaxTask{}
+}
+
+func (s *softmaxTask) run(_ *worker, n int) {
+	x := s.in[n*s.C : (n+1)*s.C]
+	o := s.out[n*s.C : (n+1)*s.C]
+	o = o[:len(x)]
+	mx := float32(math.Inf(-1))
+	for _, v := range x {
+		mx = max(mx, v)
+	}
+	var sum float64
+	for i, v := range x {
+		e := float32(math.Exp(float64(v - mx)))
+		o[i] = e
+		sum += float64(e)
+	}
+	inv := float32(1 / sum)
+	for i := range o {
+		o[i] *= inv
+	}
+}
+
+type nllTask struct {
+	nll     []float64
+	logits  []float32
+	targets []int
+	V       int
+}
+
+// LogSoftmaxNLLForward: nll[n] = logsumexp(logits[n,:]) - logits[n,targets[n]],
+// with the max subtracted and the sum of exponentials kept in float64.
+func (b *Backend) LogSoftmaxNLLForward(nll []float64, logits []float32, targets []int, N, V int) {
+	need("log_softmax_nll", "nll", len(nll), N)
+	need("log_softmax_nll", "logits", len(logits), N*V)
+	need("log_softmax_nll", "targets", len(targets), N)
+	for i, id := range targets[:N] {
+		if id < 0 || id >= V {
+			panic(fmt.Sprintf("cpu: log_softmax_nll: targets[%d] = %d outside [0,%d)", i, id, V))
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.nll
+	*s = nllTask{nll: nll, logits: logits, targets: targets, V: V}
+	b.pool.do(s, N)
+	*s = nllTask{}
+}
+
+func (s *nllTask) run(_ *worker, n int) {
+	x := s.logits[n*s.V : (n+1)*s.V]
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = max(mx, float64(v))
+	}
+	var sum float64
+	for _, v := range x {
+		sum += math.Exp(float64(v) - mx)
+	}
+	s.nll[n] = mx + math.Log(sum) - float64(x[s.targets[n]])
+}

@@ -1,0 +1,201 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Cache is the KV cache of one sequence: per layer, the post-RoPE keys and the
+// values of every position seen so far, fp32, plus the RoPE angle tables for
+// positions 0..S-1.
+type Cache struct {
+	k, v     [][]float32 // [L][S*KVH*HD]
+	cos, sin []float32   // [S, HD/2]
+	n, size  int
+}
+
+// NewCache allocates a cache for up to maxT positions.
+func (m *Model) NewCache(maxT int) *Cache {
+	c := m.Config
+	kvd, half := c.KVHeads*c.HeadDim, c.HeadDim/2
+	kc := &Cache{k: make([][]float32, c.Layers), v: make([][]float32, c.Layers), size: maxT,
+		cos: make([]float32, maxT*half), sin: make([]float32, maxT*half)}
+	for l := range kc.k {
+		kc.k[l] = make([]float32, maxT*kvd)
+		kc.v[l] = make([]float32, maxT*kvd)
+	}
+	// transformers: freqs = inv_freq ⊗ position in fp32, then cos/sin in fp32.
+	for p := 0; p < maxT; p++ {
+		for i, f := range m.inv {
+			a := float64(float32(p) * f)
+			kc.cos[p*half+i] = float32(math.Cos(a))
+			kc.sin[p*half+i] = float32(math.Sin(a))
+		}
+	}
+	return kc
+}
+
+// Len is the number of positions held.
+func (c *Cache) Len() int { return c.n }
+
+// Cap is the number of positions the cache can hold.
+func (c *Cache) Cap() int { return c.size }
+
+// Reset empties the cache for a new sequence (no memory is released).
+func (c *Cache) Reset() { c.n = 0 }
+
+// activations are the per-forward scratch buffers, sized for T rows and grown
+// when a longer call arrives.
+type activations struct {
+	rows     int
+	x        []float32 // [T,C] residual stream
+	xn       []float32 // [T,C] normed input of a block
+	q        []float32 // [T,NH*HD]
+	att      []float32 // [T,NH*HD] attention output, heads concatenated
+	proj     []float32 // [T,C] block output before the residual add
+	gate, up []float32 // [T,I]
+}
+
+// acts returns views of the scratch for exactly T rows.
+func (m *Model) acts(T int) *activations {
+	c := m.Config
+	a := &m.act
+	if T > a.rows {
+		C, qd, I := c.Hidden, c.Heads*c.HeadDim, c.Intermediate
+		a.rows = T
+		a.x, a.xn, a.proj = make([]float32, T*C), make([]float32, T*C), make([]float32, T*C)
+		a.q, a.att = make([]float32, T*qd), make([]float32, T*qd)
+		a.gate, a.up = make([]float32, T*I), make([]float32, T*I)
+	}
+	return a
+}
+
+// Forward runs T new tokens at positions c.Len()..c.Len()+T-1, appends their
+// keys and values to c, and writes the final-normed hidden states (the input
+// of the LM head) to hidden [T,C].
+func (m *Model) Forward(c *Cache, tokens []int, hidden []float32) error {
+	if err := m.checkForward(c, tokens, len(hidden)); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forward(c, tokens, hidden)
+	return nil
+}
+
+func (m *Model) checkForward(c *Cache, tokens []int, hiddenLen int) error {
+	cfg := m.Config
+	T := len(tokens)
+	if T == 0 {
+		return fmt.Errorf("model: forward: no tokens")
+	}
+	if len(c.k) != cfg.Layers || (c.size > 0 && len(c.cos) != c.size*cfg.HeadDim/2) {
+		return fmt.Errorf("model: forward: cache was made for another model")
+	}
+	if c.n+T > c.size {
+		return fmt.Errorf("model: forward: %d new tokens at position %d exceed the cache's %d positions", T, c.n, c.size)
+	}
+	if hiddenLen < T*cfg.Hidden {
+		return fmt.Errorf("model: forward: hidden has %d elements, want %d (T=%d × hidden_size=%d)", hiddenLen, T*cfg.Hidden, T, cfg.Hidden)
+	}
+	for i, id := range tokens {
+		if id < 0 || id >= cfg.Vocab {
+			return fmt.Errorf("model: forward: tokens[%d] = %d outside the vocabulary [0,%d)", i, id, cfg.Vocab)
+		}
+	}
+	return nil
+}
+
+// forward is Forward without the checks; m.mu is held.
+func (m *Model) forward(c *Cache, tokens []int, hidden []float32) {
+	cfg, be := m.Config, m.be
+	T, C, half := len(tokens), cfg.Hidden, cfg.HeadDim/2
+	a := m.acts(T)
+	pos0 := c.n
+	x := a.x[:T*C]
+	be.EmbeddingForward(x, tokens, m.embed)
+	cos := c.cos[pos0*half : (pos0+T)*half]
+	sin := c.sin[pos0*half : (pos0+T)*half]
+	for l := range m.layers {
+		m.attentionForward(a, &m.layers[l], c.k[l], c.v[l], cos, sin, pos0, T)
+		m.mlpForward(a, &m.layers[l], T)
+	}
+	be.RMSNormForward(hidden[:T*C], x, m.norm, cfg.RMSNormEps, T, C)
+	c.n += T
+}
+
+// attentionForward is one self-attention block with its residual:
+//
+//	xn = rmsnorm(x) · input_layernorm                        [T,C]
+//	q = xn·Wqᵀ (+bq) [T,NH*HD]; k, v = xn·Wk,vᵀ (+b) [T,KVH*HD] (into the cache rows pos0..)
+//	q, k = rmsnorm per head · q_norm, k_norm                   (qwen3)
+//	q, k = rope(q, k) at positions pos0..pos0+T-1
+//	att = softmax(q·kᵀ/sqrt(HD), causal, window) · v           [T,NH*HD]
+//	x += att·Woᵀ (+bo)                                        [T,C]
+func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []float32, pos0, T int) {
+	cfg, be := m.Config, m.be
+	C, NH, KVH, HD := cfg.Hidden, cfg.Heads, cfg.KVHeads, cfg.HeadDim
+	kvd := KVH * HD
+	x, xn := a.x[:T*C], a.xn[:T*C]
+	q := a.q[:T*NH*HD]
+	k := kc[pos0*kvd : (pos0+T)*kvd]
+	v := vc[pos0*kvd : (pos0+T)*kvd]
+	be.RMSNormForward(xn, x, L.inputNorm, cfg.RMSNormEps, T, C)
+	be.MatMulForward(q, xn, L.q, L.qBias, T)
+	be.MatMulForward(k, xn, L.k, L.kBias, T)
+	be.MatMulForward(v, xn, L.v, L.vBias, T)
+	if L.qNorm != nil {
+		be.RMSNormForward(q, q, L.qNorm, cfg.RMSNormEps, T*NH, HD)
+		be.RMSNormForward(k, k, L.kNorm, cfg.RMSNormEps, T*KVH, HD)
+	}
+	be.RoPEForward(q, cos, sin, T, NH, HD)
+	be.RoPEForward(k, cos, sin, T, KVH, HD)
+	att := a.att[:T*NH*HD]
+	be.AttentionForward(att, q, kc, vc, pos0, T, NH, KVH, HD, L.window)
+	proj := a.proj[:T*C]
+	be.MatMulForward(proj, att, L.o, L.oBias, T)
+	be.AddForward(x, x, proj)
+}
+
+// mlpForward is one SwiGLU MLP block with its residual:
+//
+//	xn = rmsnorm(x) · post_attention_layernorm                 [T,C]
+//	h = silu(xn·Wgateᵀ) * (xn·Wupᵀ)                            [T,I]
+//	x += h·Wdownᵀ                                              [T,C]
+func (m *Model) mlpForward(a *activations, L *layer, T int) {
+	cfg, be := m.Config, m.be
+	C, I := cfg.Hidden, cfg.Intermediate
+	x, xn := a.x[:T*C], a.xn[:T*C]
+	gate, up := a.gate[:T*I], a.up[:T*I]
+	be.RMSNormForward(xn, x, L.postNorm, cfg.RMSNormEps, T, C)
+	be.MatMulForward(gate, xn, L.gate, L.gateBias, T)
+	be.MatMulForward(up, xn, L.up, L.upBias, T)
+	be.SwiGLUForward(gate, gate, up)
+	proj := a.proj[:T*C]
+	be.MatMulForward(proj, gate, L.down, L.downBias, T)
+	be.AddForward(x, x, proj)
+}
+
+// Logits writes the LM head's output for one hidden state: dst[v] = h·W[v,:]
+// with W = lm_head.weight, or the embedding when tied.
+func (m *Model) Logits(dst []float32 /*[V]*/, h []float32 /*[C]*/) {
+	m.be.MatMulForward(dst[:m.Config.Vocab], h[:m.Config.Hidden], m.lmHead, nil, 1)
+}
+
+// ForwardLogits runs Forward and returns the logits of every new position
+// ([T][V]). It materializes T×V floats: meant for tests and short prompts.
+func (m *Model) ForwardLogits(c *Cache, tokens []int) ([][]float32, error) {
+	cfg := m.Config
+	T := len(tokens)
+	hidden := make([]float32, T*cfg.Hidden)
+	if err := m.Forward(c, tokens, hidden); err != nil {
+		return nil, err
+	}
+	flat := make([]float32, T*cfg.Vocab)
+	m.be.MatMulForward(flat, hidden, m.lmHead, nil, T)
+	rows := make([][]float32, T)
+	for t := range rows {
+		rows[t] = flat[t*cfg.Vocab : (t+1)*cfg.Vocab : (t+1)*cfg.Vocab]
+	}
+	return rows, nil
+}
