@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 
 	_ "github.com/tunellm/tune/kernels/cpu"
@@ -111,7 +112,7 @@ func TestGoldenLogits(t *testing.T) {
 			}
 			worst := 0.0
 			for i := range rows {
-				worst = max(worst, checkTensor(t, name+".logits["+itoa(i)+"]", rows[i], g.Logits[i], 1e-4))
+				worst = max(worst, checkTensor(t, name+".logits["+strconv.Itoa(i)+"]", rows[i], g.Logits[i], 1e-4))
 			}
 			t.Logf("%s (%s weights): %d positions, worst |diff|/max|logit| = %.3g", name, g.WeightsDType, len(rows), worst)
 		})
@@ -188,17 +189,4 @@ func TestGoldenPPL(t *testing.T) {
 			}
 		})
 	}
-}
-
-func itoa(i int) string { return formatInt(i) }
-
-func formatInt(i int) string {
-	return string(appendInt(nil, i))
-}
-
-func appendInt(b []byte, i int) []byte {
-	if i >= 10 {
-		b = appendInt(b, i/10)
-	}
-	return append(b, byte('0'+i%10))
 }

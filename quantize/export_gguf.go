@@ -29,11 +29,14 @@ import (
 // compared with the converter's. Tensors are converted one row at a time from
 // the memory-mapped safetensors, so memory stays near one row per tensor.
 //
-// Not done (the converter does these): the pre-tokenizer is chosen by
-// model_type instead of by hashing the tokenizer's output on a probe text;
-// added tokens marked normalized are not re-normalized through the
-// tokenizer; SentencePiece vocabs (tokenizer.model: Llama 2, Mistral) are
-// refused; general.* model-card fields beyond the name are omitted.
+// Differences from the converter, on purpose: an empty merges list is still
+// written (llama.cpp refuses a gpt2 vocab without the key); qwen2/qwen3
+// "linear" rope scaling is written (the converter drops it, transformers
+// applies it). Not done: the pre-tokenizer is chosen by model_type instead
+// of by hashing the tokenizer's output on a probe text; added tokens marked
+// normalized are not re-normalized through the tokenizer; SentencePiece
+// vocabs (tokenizer.model: Llama 2, Mistral) are refused; general.*
+// model-card fields beyond the name are omitted.
 func ExportGGUF(modelDir, outPath string, typ string) error {
 	var ftype uint32 // LlamaFileType: ALL_F32 = 0, MOSTLY_F16 = 1
 	switch typ {
@@ -42,7 +45,7 @@ func ExportGGUF(modelDir, outPath string, typ string) error {
 	case "f16":
 		ftype = 1
 	default:
-		return fmt.Errorf("export gguf: unsupported type %q, want f32 or f16", typ)
+		return fmt.Errorf("quantize: export gguf: unsupported type %q, want f32 or f16", typ)
 	}
 	cfg, err := readHFConfig(modelDir)
 	if err != nil {
@@ -50,7 +53,7 @@ func ExportGGUF(modelDir, outPath string, typ string) error {
 	}
 	st, err := safetensors.Open(modelDir)
 	if err != nil {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	defer st.Close()
 
@@ -75,10 +78,10 @@ func ExportGGUF(modelDir, outPath string, typ string) error {
 	}
 	if kv.err != nil {
 		w.Abort()
-		return fmt.Errorf("export gguf: %w", kv.err)
+		return fmt.Errorf("quantize: export gguf: %w", kv.err)
 	}
 	if err := w.Close(); err != nil {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	return nil
 }
@@ -120,28 +123,28 @@ func readHFConfig(dir string) (*hfConfig, error) {
 	path := filepath.Join(dir, "config.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("export gguf: %w", err)
+		return nil, fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	cfg := &hfConfig{path: path}
 	if err := json.Unmarshal(b, cfg); err != nil {
-		return nil, fmt.Errorf("export gguf: %s: %v", path, err)
+		return nil, fmt.Errorf("quantize: export gguf: %s: %v", path, err)
 	}
 	if err := json.Unmarshal(b, &cfg.raw); err != nil {
-		return nil, fmt.Errorf("export gguf: %s: %v", path, err)
+		return nil, fmt.Errorf("quantize: export gguf: %s: %v", path, err)
 	}
 	switch cfg.ModelType {
 	case "qwen3", "qwen2", "llama":
 		cfg.arch = cfg.ModelType
 	default:
-		return nil, fmt.Errorf("export gguf: %s: model_type %q not supported, want qwen3, qwen2 or llama", path, cfg.ModelType)
+		return nil, fmt.Errorf("quantize: export gguf: %s: model_type %q not supported, want qwen3, qwen2 or llama", path, cfg.ModelType)
 	}
 	for name, v := range map[string]*int{"num_hidden_layers": cfg.NumHiddenLayers, "hidden_size": cfg.HiddenSize, "num_attention_heads": cfg.NumAttentionHeads} {
 		if v == nil || *v <= 0 {
-			return nil, fmt.Errorf("export gguf: %s: %s missing or not positive", path, name)
+			return nil, fmt.Errorf("quantize: export gguf: %s: %s missing or not positive", path, name)
 		}
 	}
 	if cfg.NumKeyValueHeads != nil && (*cfg.NumKeyValueHeads <= 0 || *cfg.NumAttentionHeads%*cfg.NumKeyValueHeads != 0) {
-		return nil, fmt.Errorf("export gguf: %s: num_key_value_heads %d does not divide num_attention_heads %d", path, *cfg.NumKeyValueHeads, *cfg.NumAttentionHeads)
+		return nil, fmt.Errorf("quantize: export gguf: %s: num_key_value_heads %d does not divide num_attention_heads %d", path, *cfg.NumKeyValueHeads, *cfg.NumAttentionHeads)
 	}
 	return cfg, nil
 }
@@ -290,13 +293,13 @@ func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, ftype uint3
 	for _, name := range st.Names() {
 		g, block, skip, err := ggufTensorName(name)
 		if err != nil {
-			return fmt.Errorf("export gguf: %s: %v", c.path, err)
+			return fmt.Errorf("quantize: export gguf: %s: %v", c.path, err)
 		}
 		if skip {
 			continue
 		}
 		if block >= *c.NumHiddenLayers {
-			return fmt.Errorf("export gguf: tensor %q: layer %d, but num_hidden_layers is %d", name, block, *c.NumHiddenLayers)
+			return fmt.Errorf("quantize: export gguf: tensor %q: layer %d, but num_hidden_layers is %d", name, block, *c.NumHiddenLayers)
 		}
 		r := 0
 		parts := strings.Split(g, ".")
@@ -325,7 +328,7 @@ func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, ftype uint3
 	for _, e := range list {
 		t, err := st.Tensor(e.hf)
 		if err != nil {
-			return fmt.Errorf("export gguf: %w", err)
+			return fmt.Errorf("quantize: export gguf: %w", err)
 		}
 		if err := addTensor(w, t, e.gguf, c, ftype); err != nil {
 			return err
@@ -341,10 +344,10 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 	switch t.DType {
 	case safetensors.F32, safetensors.F16, safetensors.BF16:
 	default:
-		return fmt.Errorf("export gguf: tensor %q: dtype %s, want F32, F16 or BF16", t.Name, t.DType)
+		return fmt.Errorf("quantize: export gguf: tensor %q: dtype %s, want F32, F16 or BF16", t.Name, t.DType)
 	}
 	if len(t.Shape) == 0 || len(t.Shape) > gguf.MaxDims {
-		return fmt.Errorf("export gguf: tensor %q: shape %v, want 1..%d dims", t.Name, t.Shape, gguf.MaxDims)
+		return fmt.Errorf("quantize: export gguf: tensor %q: shape %v, want 1..%d dims", t.Name, t.Shape, gguf.MaxDims)
 	}
 	typ := gguf.TypeF32
 	if ftype == 1 && len(t.Shape) > 1 && !strings.HasSuffix(name, "_norm.weight") && strings.HasSuffix(name, ".weight") {
@@ -356,7 +359,7 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 		rows, cols = 1, t.Shape[0]
 	}
 	if t.NumElements()*t.DType.Size() != len(t.Data) {
-		return fmt.Errorf("export gguf: tensor %q: %d bytes, want %d for %s %v", t.Name, len(t.Data), t.NumElements()*t.DType.Size(), t.DType, t.Shape)
+		return fmt.Errorf("quantize: export gguf: tensor %q: %d bytes, want %d for %s %v", t.Name, len(t.Data), t.NumElements()*t.DType.Size(), t.DType, t.Shape)
 	}
 	// LlamaModel.permute: HF stores q/k with the two rotary halves of each
 	// head apart (rotate_half); ggml's rope pairs adjacent elements, so the
@@ -369,7 +372,7 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 		}
 		n := t.Shape[0]
 		if n%(2*nHead) != 0 {
-			return fmt.Errorf("export gguf: tensor %q: %d rows do not split into %d heads of two halves", t.Name, n, nHead)
+			return fmt.Errorf("quantize: export gguf: tensor %q: %d rows do not split into %d heads of two halves", t.Name, n, nHead)
 		}
 		half := n / nHead / 2
 		if len(t.Shape) == 1 { // a bias: permute elements, one "row" of n
@@ -383,7 +386,7 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 	}
 	nbytes, err := gguf.TensorBytes(typ, t.Shape)
 	if err != nil {
-		return fmt.Errorf("export gguf: tensor %q: %v", t.Name, err)
+		return fmt.Errorf("quantize: export gguf: tensor %q: %v", t.Name, err)
 	}
 	src, dt, es := t.Data, t.DType, t.DType.Size()
 	write := func(out io.Writer) error {
@@ -424,7 +427,7 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 		return nil
 	}
 	if err := w.AddTensor(name, typ, t.Shape, write, nbytes); err != nil {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	return nil
 }
@@ -486,7 +489,7 @@ func addRopeFreqs(w *gguf.Writer, c *hfConfig) error {
 		_, err := o.Write(b)
 		return err
 	}, int64(len(b))); err != nil {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	return nil
 }
@@ -521,18 +524,18 @@ func addVocab(kv *kvList, dir string, c *hfConfig) error {
 	path := filepath.Join(dir, "tokenizer.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	var tok hfTokenizer
 	if err := json.Unmarshal(b, &tok); err != nil {
-		return fmt.Errorf("export gguf: %s: %v", path, err)
+		return fmt.Errorf("quantize: export gguf: %s: %v", path, err)
 	}
 	if tok.Model.Type != "BPE" {
-		return fmt.Errorf("export gguf: %s: model.type %q, want BPE (SentencePiece vocabs are not supported)", path, tok.Model.Type)
+		return fmt.Errorf("quantize: export gguf: %s: model.type %q, want BPE (SentencePiece vocabs are not supported)", path, tok.Model.Type)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "tokenizer.model")); err == nil {
 		// The converter would take the SentencePiece path for these.
-		return fmt.Errorf("export gguf: %s: has tokenizer.model; SentencePiece vocabs are not supported", dir)
+		return fmt.Errorf("quantize: export gguf: %s: has tokenizer.model; SentencePiece vocabs are not supported", dir)
 	}
 	// tokenizer.vocab in transformers includes the added tokens.
 	byID := map[int]string{}
@@ -552,7 +555,7 @@ func addVocab(kv *kvList, dir string, c *hfConfig) error {
 		vocabSize = *c.VocabSize
 	}
 	if maxID >= vocabSize {
-		return fmt.Errorf("export gguf: %s: token id %d >= vocab_size %d", path, maxID, vocabSize)
+		return fmt.Errorf("quantize: export gguf: %s: token id %d >= vocab_size %d", path, maxID, vocabSize)
 	}
 	tokens := make([]string, vocabSize)
 	types := make([]int32, vocabSize)
@@ -575,7 +578,7 @@ func addVocab(kv *kvList, dir string, c *hfConfig) error {
 	}
 	merges, err := readMerges(tok.Model.Merges)
 	if err != nil {
-		return fmt.Errorf("export gguf: %s: %v", path, err)
+		return fmt.Errorf("quantize: export gguf: %s: %v", path, err)
 	}
 
 	pre := "qwen2"
@@ -658,10 +661,10 @@ func addSpecialVocab(kv *kvList, dir string, tok *hfTokenizer, c *hfConfig) erro
 	tcPath := filepath.Join(dir, "tokenizer_config.json")
 	if b, err := os.ReadFile(tcPath); err == nil {
 		if err := json.Unmarshal(b, &tc); err != nil {
-			return fmt.Errorf("export gguf: %s: %v", tcPath, err)
+			return fmt.Errorf("quantize: export gguf: %s: %v", tcPath, err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("export gguf: %w", err)
+		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	tokenString := func(typ string) string {
 		var s string
@@ -730,7 +733,7 @@ func addSpecialVocab(kv *kvList, dir string, tok *hfTokenizer, c *hfConfig) erro
 		}
 		var pp proc
 		if err := json.Unmarshal(tok.PostProcessor, &pp); err != nil {
-			return fmt.Errorf("export gguf: tokenizer.json: post_processor: %v", err)
+			return fmt.Errorf("quantize: export gguf: tokenizer.json: post_processor: %v", err)
 		}
 		procs := pp.Processors
 		if procs == nil {

@@ -442,9 +442,9 @@ func llamaCppAvailable(t *testing.T) string {
 	_, errMods := os.Stat(filepath.Join(dir, "node_modules", "node-llama-cpp"))
 	if errNode != nil || errMods != nil {
 		if os.Getenv("CI") == "true" && os.Getenv("TUNE_LLAMACPP") == "1" {
-			t.Fatalf("llama.cpp oracle missing (run npm ci in bench/llamacpp): node %v, node_modules %v", errNode, errMods)
+			t.Fatalf("llama.cpp oracle missing (run npm install --omit=optional in bench/llamacpp): node %v, node_modules %v", errNode, errMods)
 		}
-		t.Skip("llama.cpp oracle missing: run `npm ci` in bench/llamacpp")
+		t.Skip("llama.cpp oracle missing: run `npm install --omit=optional` in bench/llamacpp")
 	}
 	return dir
 }
@@ -543,6 +543,13 @@ func checkLlamaCppLoad(t *testing.T, dir, out string, tc exportCase) {
 		NCtx     int    `json:"n_ctx_train"`
 		NEmbd    int    `json:"n_embd"`
 		NTensors int    `json:"tensor_count"`
+		Tensors  []struct {
+			Name   string `json:"name"`
+			Dims   []int  `json:"dims"`
+			Type   uint32 `json:"type"`
+			Offset int64  `json:"offset"`
+		} `json:"tensors"`
+		Metadata map[string]json.RawMessage `json:"metadata"`
 	}
 	if err := json.Unmarshal(runNode(t, dir, "load.mjs", out), &load); err != nil {
 		t.Fatal(err)
@@ -551,9 +558,56 @@ func checkLlamaCppLoad(t *testing.T, dir, out string, tc exportCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	nt := len(f.Tensors)
-	f.Close()
 	if load.Arch != tc.arch || load.NVocab != tc.vocab || load.NCtx != 512 || load.NEmbd != 64 || load.NTensors != nt {
-		t.Errorf("llama.cpp sees %+v, want arch %s, vocab %d, ctx 512, embd 64, %d tensors", load, tc.arch, tc.vocab, nt)
+		t.Errorf("llama.cpp sees arch %s vocab %d ctx %d embd %d, %d tensors; want %s, %d, 512, 64, %d", load.Arch, load.NVocab, load.NCtx, load.NEmbd, load.NTensors, tc.arch, tc.vocab, nt)
 	}
+	// node-llama-cpp's JS GGUF parser is a second, independent reader of
+	// what package gguf wrote: every key and tensor info must agree.
+	if len(load.Metadata) != len(f.KVs) {
+		t.Errorf("JS parser sees %d keys, we wrote %d", len(load.Metadata), len(f.KVs))
+	}
+	for _, kv := range f.KVs {
+		raw, ok := load.Metadata[kv.Key]
+		if !ok {
+			t.Errorf("JS parser misses key %q", kv.Key)
+			continue
+		}
+		var want any = kv.Value
+		switch v := kv.Value.(type) {
+		case uint32:
+			want = float64(v)
+		case float32:
+			want = float64(v)
+		case []string:
+			want = map[string]any{"len": float64(len(v)), "head": toAny(v[:min(4, len(v))]), "tail": toAny(v[max(0, len(v)-2):])}
+		case []int32:
+			want = map[string]any{"len": float64(len(v)), "head": toAny(v[:min(4, len(v))]), "tail": toAny(v[max(0, len(v)-2):])}
+		}
+		var got any
+		json.Unmarshal(raw, &got)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("key %q: JS parser reads %v, we wrote %v", kv.Key, got, want)
+		}
+	}
+	for i, jt := range load.Tensors {
+		ti := f.Tensors[i]
+		dims := make([]int, len(ti.Shape))
+		for j, d := range ti.Shape {
+			dims[len(dims)-1-j] = d
+		}
+		if jt.Name != ti.Name || !reflect.DeepEqual(jt.Dims, dims) || jt.Type != uint32(ti.Type) || jt.Offset != ti.Offset {
+			t.Errorf("tensor %d: JS parser reads %+v, we have %+v", i, jt, ti)
+		}
+	}
+}
+
+func toAny[T any](s []T) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		b, _ := json.Marshal(v)
+		json.Unmarshal(b, &out[i])
+	}
+	return out
 }

@@ -25,6 +25,9 @@ type addedToken struct {
 type addedMatcher struct {
 	first [256][]addedPattern // by first byte, longest first
 	any   bool
+	// lead is the first byte of every pattern when they all share one
+	// (all of Qwen's and Llama's start with '<'), else -1.
+	lead int
 }
 
 type addedPattern struct {
@@ -45,9 +48,21 @@ func newAddedMatcher(toks []*addedToken, norm normalizer) addedMatcher {
 		m.first[s[0]] = append(m.first[s[0]], addedPattern{s, a})
 		m.any = true
 	}
+	m.lead = -1
 	for i := range m.first {
 		l := m.first[i]
+		if len(l) == 0 {
+			continue
+		}
 		sort.SliceStable(l, func(a, b int) bool { return len(l[a].s) > len(l[b].s) })
+		if m.lead == -1 {
+			m.lead = i
+		} else {
+			m.lead = -2
+		}
+	}
+	if m.lead < 0 {
+		m.lead = -1
 	}
 	return m
 }
@@ -66,6 +81,13 @@ func (m *addedMatcher) split(dst []segment, s string) []segment {
 	}
 	textStart := 0 // start of the pending non-token text
 	for i := 0; i < len(s); {
+		if m.lead >= 0 {
+			k := strings.IndexByte(s[i:], byte(m.lead))
+			if k < 0 {
+				break
+			}
+			i += k
+		}
 		cands := m.first[s[i]]
 		var hit *addedPattern
 		for k := range cands {

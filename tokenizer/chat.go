@@ -3,7 +3,7 @@ package tokenizer
 import (
 	"errors"
 	"fmt"
-	"strings"
+	"sync"
 
 	"github.com/tunellm/tune/tokenizer/jinja"
 )
@@ -37,9 +37,9 @@ type ChatOptions struct {
 // template's raise_exception(msg) gives "chat template: LINE:COL:
 // raise_exception: msg".
 func RenderChat(template string, messages []Message, opts ChatOptions) (string, error) {
-	t, err := jinja.Parse(template)
+	t, err := parseChatTemplate(template)
 	if err != nil {
-		return "", fmt.Errorf("chat template: %w", err)
+		return "", err
 	}
 	msgs := make([]any, len(messages))
 	for i, m := range messages {
@@ -71,6 +71,35 @@ func RenderChat(template string, messages []Message, opts ChatOptions) (string, 
 		return "", fmt.Errorf("chat template: %w", err)
 	}
 	return out, nil
+}
+
+// parsed caches parsed templates: a data pipeline renders every row with the
+// same one or two templates.
+var (
+	parsedMu sync.Mutex
+	parsed   = map[string]*jinja.Template{}
+)
+
+const maxParsed = 16
+
+func parseChatTemplate(src string) (*jinja.Template, error) {
+	parsedMu.Lock()
+	t := parsed[src]
+	parsedMu.Unlock()
+	if t != nil {
+		return t, nil
+	}
+	t, err := jinja.Parse(src)
+	if err != nil {
+		return nil, fmt.Errorf("chat template: %w", err)
+	}
+	parsedMu.Lock()
+	if len(parsed) >= maxParsed {
+		clear(parsed)
+	}
+	parsed[src] = t
+	parsedMu.Unlock()
+	return t, nil
 }
 
 // IsRaised reports whether err came from the template calling
@@ -145,5 +174,5 @@ func jsonKind(v any) string {
 	case bool:
 		return "a boolean"
 	}
-	return strings.TrimSpace("a number")
+	return "a number"
 }

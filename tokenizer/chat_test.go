@@ -329,3 +329,92 @@ func TestRenderChatMatchesJS(t *testing.T) {
 	}
 	t.Logf("%d renders vs @huggingface/jinja: %d agree, %d differ where Python jinja2 sides with us", len(renders), matched, diverged)
 }
+
+func TestRenderChatErrors(t *testing.T) {
+	msgs := []Message{{"role": "user", "content": "hi"}}
+	tests := []struct {
+		name, template, want string
+		raised               bool
+	}{
+		{"parse", "{% for m in messages %}\n{{ m.content }", "chat template: 2:15: unexpected end of template, expected '}}'", false},
+		{"unclosed", "{% if true %}x", "chat template: 1:4: 'if' block is never closed (expected 'endif')", false},
+		{"raise", "{% for m in messages %}\n  {{- raise_exception('Only system and user\nroles') }}{% endfor %}", "chat template: 2:22: raise_exception: Only system and user\\nroles", true},
+		{"runtime", "{{ messages[0].content + 1 }}", "chat template: 1:24: unsupported operand type(s) for +: 'str' and 'int'", false},
+		{"attr of undefined", "{{ nothing.content }}", "chat template: 1:12: 'nothing' is undefined", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := RenderChat(tt.template, msgs, ChatOptions{})
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+			if IsRaised(err) != tt.raised {
+				t.Errorf("IsRaised = %v, want %v", !tt.raised, tt.raised)
+			}
+		})
+	}
+}
+
+func TestParseMessagesJSON(t *testing.T) {
+	msgs, err := ParseMessagesJSON([]byte(`[{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"z": 1, "a": 2.0}}}]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := RenderChat("{{ messages[0].tool_calls[0].function.arguments | tojson }} {{ messages[0].tool_calls[0].function.arguments }}", msgs, ChatOptions{})
+	if want := `{"z": 1, "a": 2.0} {'z': 1, 'a': 2.0}`; err != nil || got != want {
+		t.Fatalf("got %q, %v; want %q (key order and float kept)", got, err, want)
+	}
+	for _, bad := range []struct{ in, want string }{
+		{`{"role": "user"}`, "chat messages: want a JSON list of messages, got an object"},
+		{`[1]`, "chat messages: message 0: want a JSON object, got a number"},
+		{`[{"content": "x"}]`, `chat messages: message 0: missing string "role"`},
+		{`[{"role": "user"}`, "chat messages: json: unexpected end of input"},
+		{`[] []`, "chat messages: json: trailing data after the value"},
+	} {
+		if _, err := ParseMessagesJSON([]byte(bad.in)); err == nil || err.Error() != bad.want {
+			t.Errorf("ParseMessagesJSON(%s): error %v, want %q", bad.in, err, bad.want)
+		}
+	}
+}
+
+func TestRenderChatGoValues(t *testing.T) {
+	// Messages built in Go (not from JSON): maps get role/content first and
+	// the rest sorted; Go ints and slices are converted.
+	msgs := []Message{{"role": "user", "content": []map[string]any{{"type": "text", "text": "hi"}}, "b": 1, "a": []int{1, 2}}}
+	got, err := RenderChat("{{ messages[0] }}|{{ messages[0].content[0].text }}|{{ enable_thinking is defined }}|{{ tools }}", msgs, ChatOptions{})
+	want := "{'role': 'user', 'content': [{'text': 'hi', 'type': 'text'}], 'a': [1, 2], 'b': 1}|hi|False|None"
+	if err != nil || got != want {
+		t.Fatalf("got %q, %v\nwant %q", got, err, want)
+	}
+	f := false
+	got, err = RenderChat("{{ enable_thinking is false }}{{ bos_token is defined }}{{ eos_token }}", msgs, ChatOptions{EnableThinking: &f, EOSToken: "</s>"})
+	if want := "TrueFalse</s>"; err != nil || got != want {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+}
+
+func BenchmarkRenderChatQwen3(b *testing.B) {
+	src, err := os.ReadFile("testdata/chat/templates/Qwen-Qwen3-0.6B.jinja")
+	if err != nil {
+		b.Fatal(err)
+	}
+	convs := loadConversations(b)
+	var msgs []Message
+	var tools []any
+	for _, c := range convs {
+		if c.Name == "tools" {
+			if msgs, err = ParseMessagesJSON(c.Messages); err != nil {
+				b.Fatal(err)
+			}
+			v, _ := jinja.DecodeJSON(c.Tools)
+			tools = v.([]any)
+		}
+	}
+	opts := ChatOptions{AddGenerationPrompt: true, Tools: tools}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := RenderChat(string(src), msgs, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

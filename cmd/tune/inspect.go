@@ -54,17 +54,17 @@ type inspectTensor struct {
 }
 
 type inspectReport struct {
-	Path         string           `json:"path"`
-	Kind         string           `json:"kind"` // model, adapter or safetensors
-	Architecture string           `json:"architecture,omitempty"`
-	ModelType    string           `json:"model_type,omitempty"`
-	Files        []string         `json:"files"`
-	DTypes       map[string]int64 `json:"dtypes"` // parameters per dtype
-	Parameters   int64            `json:"parameters"`
-	TotalBytes   int64            `json:"total_bytes"`
+	Path         string            `json:"path"`
+	Kind         string            `json:"kind"` // model, adapter or safetensors
+	Architecture string            `json:"architecture,omitempty"`
+	ModelType    string            `json:"model_type,omitempty"`
+	Files        []string          `json:"files"`
+	DTypes       map[string]int64  `json:"dtypes"` // parameters per dtype
+	Parameters   int64             `json:"parameters"`
+	TotalBytes   int64             `json:"total_bytes"`
 	Metadata     map[string]string `json:"metadata,omitempty"`
-	Adapter      map[string]any   `json:"adapter,omitempty"`
-	Tensors      []inspectTensor  `json:"tensors"`
+	Adapter      map[string]any    `json:"adapter,omitempty"`
+	Tensors      []inspectTensor   `json:"tensors"`
 }
 
 func inspectRun(opts *InspectOptions) error {

@@ -1,11 +1,14 @@
-// Package cpu is the reference backend of kernels: pure Go, fp32 compute over
+// Package cpu is the reference backend of kernels: Go, fp32 compute over
 // F32/F16/BF16 weights, parallel over all cores through a persistent worker pool.
+// The matmul and attention inner loops have AVX2/FMA assembly on amd64
+// (dot_amd64.s, chosen at run time by CPUID); -tags noasm builds the pure-Go
+// kernels of dot.go instead, which CI also tests.
 //
 // It is the oracle other backends are checked against, so each output element
 // is computed by exactly one goroutine with a fixed loop order: results do not
 // depend on the number of workers, nor on how many rows a call carries (every
-// dot product is one sequential sum over its inputs, whichever micro-kernel
-// runs it). Kernels do not allocate in steady state: per-worker scratch grows
+// dot product is computed with the same per-output arithmetic whichever
+// micro-kernel runs it, so a KV-cache step equals a full pass bit for bit). Kernels do not allocate in steady state: per-worker scratch grows
 // on first use and is reused.
 //
 // Importing the package registers the backend as "cpu".

@@ -451,7 +451,7 @@ func TestRegistered(t *testing.T) {
 }
 
 func BenchmarkMatMul(b *testing.B) {
-	for _, sh := range []struct{ T, C, OC int }{{1, 1024, 3072}, {512, 1024, 3072}, {1, 4096, 4096}} {
+	for _, sh := range []struct{ T, C, OC int }{{1, 1024, 3072}, {512, 1024, 3072}, {1, 4096, 4096}, {512, 4096, 4096}, {512, 4096, 12288}} {
 		b.Run(fmt.Sprintf("bf16/T%d_C%d_OC%d", sh.T, sh.C, sh.OC), func(b *testing.B) {
 			be := New(0)
 			r := rand.New(rand.NewPCG(1, 1))
@@ -466,5 +466,31 @@ func BenchmarkMatMul(b *testing.B) {
 			flops := 2 * float64(sh.T) * float64(sh.C) * float64(sh.OC) * float64(b.N)
 			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
+	}
+}
+
+// TestConvertRowExhaustive decodes every 16-bit pattern through convertRow
+// (the AVX2 path on amd64, pure Go with -tags noasm) against the float64
+// references.
+func TestConvertRowExhaustive(t *testing.T) {
+	src := make([]byte, 2<<16)
+	for i := 0; i < 1<<16; i++ {
+		binary.LittleEndian.PutUint16(src[2*i:], uint16(i))
+	}
+	dst := make([]float32, 1<<16)
+	for _, dt := range []kernels.DType{kernels.BF16, kernels.F16} {
+		convertRow(dst, src, dt)
+		for i, got := range dst {
+			want := refF16(uint16(i))
+			if dt == kernels.BF16 {
+				want = refBF16(uint16(i))
+				if e := i >> 7 & 0xff; e == 0xff { // inf/nan: refBF16 does not model them
+					want = float64(math.Float32frombits(uint32(i) << 16))
+				}
+			}
+			if math.IsNaN(want) != math.IsNaN(float64(got)) || (!math.IsNaN(want) && float64(got) != want) {
+				t.Fatalf("%v %#04x: got %v, want %v", dt, i, got, want)
+			}
+		}
 	}
 }

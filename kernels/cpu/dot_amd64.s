@@ -181,3 +181,4 @@ loopaxpy:
 doneaxpy:
 	VZEROUPPER
 	RET
+

@@ -14,12 +14,15 @@ type matmulTask struct {
 	rows          int // weight rows per tile
 }
 
-// tileRows picks rows per tile so that the fp32 tile (~128 KiB) stays in L2.
-// It depends only on C, never on the worker count, so results are reproducible.
-func tileRows(C, OC int) int {
-	r := (32 << 10) / max(C, 1)
-	r = max(4, min(64, r)) &^ 3
-	return r
+// tileRows picks rows per tile: the fp32 tile (~256 KiB) stays in L2 while
+// all T input rows stream past it, so bigger tiles mean fewer passes over the
+// input; but there should be a few tiles per worker for load balance.
+// Results do not depend on it: every output is the same per-output sum
+// whichever micro-kernel computes it.
+func tileRows(C, OC, workers int) int {
+	r := (64 << 10) / max(C, 1)
+	r = min(r, (OC+4*workers-1)/(4*workers))
+	return max(4, min(64, r)) &^ 3
 }
 
 // MatMulForward: out[t,o] = sum_c in[t,c]*w[o,c] + bias[o].
@@ -37,7 +40,7 @@ func (b *Backend) MatMulForward(out, in []float32, w kernels.Weight, bias []floa
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	m := &b.mm
-	*m = matmulTask{out: out, in: in, bias: bias, w: w, T: T, C: C, OC: OC, rows: tileRows(C, OC)}
+	*m = matmulTask{out: out, in: in, bias: bias, w: w, T: T, C: C, OC: OC, rows: tileRows(C, OC, len(b.pool.workers))}
 	b.pool.do(m, (OC+m.rows-1)/m.rows)
 	*m = matmulTask{}
 }

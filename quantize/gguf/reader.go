@@ -153,7 +153,8 @@ func (p *parser) read(b []byte) error {
 	if int64(len(b)) > p.size-p.off {
 		return p.fail("%s: truncated at offset %d (file size %d)", p.what, p.off, p.size)
 	}
-	if _, err := p.r.ReadAt(b, p.off); err != nil && !(err == io.EOF && len(b) > 0) {
+	// ReadAt may report io.EOF along with a full read of the last bytes.
+	if n, err := p.r.ReadAt(b, p.off); n != len(b) {
 		return p.fail("%s: read at offset %d: %v", p.what, p.off, err)
 	}
 	p.off += int64(len(b))

@@ -150,6 +150,10 @@ func (w *Writer) Close() (err error) {
 			os.Remove(tmp)
 		}
 	}()
+	// CreateTemp makes the file private; a model file is ordinary data.
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("gguf: %s: %w", w.path, err)
+	}
 	cw := &countWriter{w: bufio.NewWriterSize(f, 1<<20)}
 	if err := w.writeHeader(cw); err != nil {
 		return fmt.Errorf("gguf: %s: %w", w.path, err)

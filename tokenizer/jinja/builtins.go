@@ -678,12 +678,19 @@ func strFormat(s string, args []any, kw *Map) (any, error) {
 	return b.String(), nil
 }
 
-// percentFormat is a subset of Python's `fmt % args`: %s %r %d %i %f %%.
+// percentFormat is Python's `fmt % args` for the conversions templates use:
+// s r d i f F e E g G x X o c and %, with flags, width and precision.
 func percentFormat(s string, arg any) (any, error) {
 	var args []any
-	if t, ok := arg.(Tuple); ok {
+	mappingLike := false
+	switch t := arg.(type) {
+	case Tuple:
 		args = t
-	} else {
+	case []any, *Map, Undefined:
+		// Python treats a non-tuple with __getitem__ as a mapping: it may
+		// be left unused.
+		args, mappingLike = []any{arg}, true
+	default:
 		args = []any{arg}
 	}
 	var b strings.Builder
@@ -693,11 +700,18 @@ func percentFormat(s string, arg any) (any, error) {
 			b.WriteByte(s[i])
 			continue
 		}
-		if i+1 >= len(s) {
+		j := i + 1
+		for j < len(s) && strings.IndexByte("-+ #0", s[j]) >= 0 {
+			j++
+		}
+		for j < len(s) && (s[j] >= '0' && s[j] <= '9' || s[j] == '.') {
+			j++
+		}
+		if j >= len(s) {
 			return nil, errorf("incomplete format")
 		}
-		i++
-		c := s[i]
+		spec, c := s[i+1:j], s[j]
+		i = j
 		if c == '%' {
 			b.WriteByte('%')
 			continue
@@ -708,25 +722,53 @@ func percentFormat(s string, arg any) (any, error) {
 		v := args[n]
 		n++
 		switch c {
-		case 's':
-			b.WriteString(toStr(v))
-		case 'r':
-			b.WriteString(repr(v))
-		case 'd', 'i':
+		case 's', 'r':
+			str := toStr(v)
+			if c == 'r' {
+				str = repr(v)
+			}
+			if k := strings.IndexByte(spec, '.'); k >= 0 {
+				if p, err := strconv.Atoi(spec[k+1:]); err == nil && p < utf8.RuneCountInString(str) {
+					str = string([]rune(str)[:p])
+				}
+				spec = spec[:k]
+			}
+			left := strings.Contains(spec, "-")
+			w, _ := strconv.Atoi(strings.TrimLeft(spec, "-+ #0"))
+			if w > 1<<16 {
+				return nil, errorf("format width too large")
+			}
+			pad := strings.Repeat(" ", max(w-utf8.RuneCountInString(str), 0))
+			if left {
+				b.WriteString(str + pad)
+			} else {
+				b.WriteString(pad + str)
+			}
+		case 'd', 'i', 'x', 'X', 'o', 'c', 'f', 'F', 'e', 'E', 'g', 'G':
 			if !isNumber(v) {
 				return nil, errorf("%%%c format: a real number is required, not %s", c, typeName(v))
 			}
-			b.WriteString(strconv.FormatInt(toInt(v), 10))
-		case 'f':
-			if !isNumber(v) {
-				return nil, errorf("%%f format: a real number is required, not %s", typeName(v))
+			if w, _ := strconv.Atoi(strings.TrimLeft(strings.SplitN(spec, ".", 2)[0], "-+ #0")); w > 1<<16 {
+				return nil, errorf("format width too large")
 			}
-			b.WriteString(strconv.FormatFloat(toFloat(v), 'f', 6, 64))
+			switch c {
+			case 'd', 'i':
+				fmt.Fprintf(&b, "%"+spec+"d", toInt(v))
+			case 'x', 'X', 'o':
+				fmt.Fprintf(&b, "%"+spec+string(c), toInt(v))
+			case 'c':
+				b.WriteRune(rune(toInt(v)))
+			default:
+				if !strings.Contains(spec, ".") {
+					spec += ".6"
+				}
+				fmt.Fprintf(&b, "%"+spec+string(c), toFloat(v))
+			}
 		default:
 			return nil, errorf("unsupported format character '%c'", c)
 		}
 	}
-	if n < len(args) {
+	if n < len(args) && !mappingLike {
 		return nil, errorf("not all arguments converted during string formatting")
 	}
 	return b.String(), nil
@@ -822,6 +864,13 @@ func runTest(name string, v any, args []any, r *renderer) (bool, error) {
 		return nil
 	}
 	switch name {
+	case "defined", "undefined", "none", "boolean", "true", "false", "integer", "float", "number", "string", "mapping",
+		"iterable", "sequence", "callable", "lower", "upper", "even", "odd", "escaped":
+		if len(args) > 0 {
+			return false, errorf("test '%s' takes no arguments (%d given)", name, len(args))
+		}
+	}
+	switch name {
 	case "defined":
 		_, u := v.(Undefined)
 		return !u, nil
@@ -872,30 +921,27 @@ func runTest(name string, v any, args []any, r *renderer) (bool, error) {
 		}
 		return false, nil
 	case "lower":
-		s, ok := v.(string)
-		return ok && strings.ToLower(s) == s, nil
+		return strIs(toStr(v), "islower"), nil
 	case "upper":
-		s, ok := v.(string)
-		return ok && strings.ToUpper(s) == s, nil
+		return strIs(toStr(v), "isupper"), nil
 	case "even", "odd":
-		n, ok := v.(int64)
-		if !ok {
-			if f, isF := v.(float64); isF {
-				n = int64(f)
-			} else {
-				return false, errorf("test '%s' needs a number, got %s", name, typeName(v))
-			}
+		m, err := binaryOp("%", v, int64(2))
+		if err != nil {
+			return false, err
 		}
-		return (n%2 == 0) == (name == "even"), nil
+		if name == "even" {
+			return toFloat(m) == 0, nil
+		}
+		return toFloat(m) == 1, nil
 	case "divisibleby":
 		if err := need(1); err != nil {
 			return false, err
 		}
-		m, err := arith("%", v, args[0])
+		m, err := binaryOp("%", v, args[0])
 		if err != nil {
 			return false, err
 		}
-		return toFloat(m) == 0, nil
+		return isNumber(m) && toFloat(m) == 0, nil
 	case "eq", "equalto", "==":
 		if err := need(1); err != nil {
 			return false, err
@@ -1182,6 +1228,8 @@ func fToJSON(_ *renderer, v any, args []any, kw *Map) (any, error) {
 func fInt(_ *renderer, v any, args []any, kw *Map) (any, error) {
 	def := argOr(args, kw, 0, "default", int64(0))
 	switch x := v.(type) {
+	case Undefined:
+		return nil, errorf("%s", x.Hint)
 	case int64:
 		return x, nil
 	case bool:
@@ -1206,6 +1254,8 @@ func fInt(_ *renderer, v any, args []any, kw *Map) (any, error) {
 func fFloat(_ *renderer, v any, args []any, kw *Map) (any, error) {
 	def := argOr(args, kw, 0, "default", 0.0)
 	switch x := v.(type) {
+	case Undefined:
+		return nil, errorf("%s", x.Hint)
 	case int64, bool:
 		return toFloat(x), nil
 	case float64:
@@ -1250,8 +1300,8 @@ func fRound(_ *renderer, v any, args []any, kw *Map) (any, error) {
 	if !isNumber(v) {
 		return nil, errorf("round: expected a number, got %s", typeName(v))
 	}
-	if _, isInt := v.(int64); isInt && method == "common" {
-		return v, nil
+	if _, isF := v.(float64); !isF && method == "common" {
+		return toInt(v), nil
 	}
 	scale := math.Pow(10, float64(prec))
 	x := toFloat(v) * scale
@@ -1289,6 +1339,9 @@ func attrPath(obj, attr any) (any, error) {
 }
 
 func fMap(r *renderer, v any, args []any, kw *Map) (any, error) {
+	if !truthy(v) { // jinja2 checks `if value:` before iterating
+		return []any{}, nil
+	}
 	items, err := iterate(v)
 	if err != nil {
 		return nil, err
@@ -1326,6 +1379,9 @@ func fMap(r *renderer, v any, args []any, kw *Map) (any, error) {
 
 func fSelect(reject, byAttr bool) filterFunc {
 	return func(r *renderer, v any, args []any, _ *Map) (any, error) {
+		if !truthy(v) { // jinja2 checks `if value:` before iterating
+			return []any{}, nil
+		}
 		items, err := iterate(v)
 		if err != nil {
 			return nil, err
@@ -1500,7 +1556,10 @@ func fDictsort(_ *renderer, v any, args []any, kw *Map) (any, error) {
 }
 
 func fIndent(_ *renderer, v any, args []any, kw *Map) (any, error) {
-	s := toStr(v)
+	s, ok := v.(string)
+	if !ok { // jinja2 appends "\n" to the value itself
+		return nil, errorf("unsupported operand type(s) for +=: '%s' and 'str'", typeName(v))
+	}
 	var ind string
 	switch w := argOr(args, kw, 0, "width", int64(4)).(type) {
 	case string:

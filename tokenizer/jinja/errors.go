@@ -3,6 +3,7 @@ package jinja
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Error is a parse or render error at a template position (1-based line and
@@ -15,7 +16,8 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := e.Msg
+	// One line, whatever the template's message holds.
+	msg := strings.ReplaceAll(e.Msg, "\n", `\n`)
 	if e.Raised {
 		msg = "raise_exception: " + msg
 	}

@@ -6,15 +6,17 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Limits that keep a hostile or buggy template from running away. Real chat
 // templates stay orders of magnitude below them.
 const (
 	maxOutput     = 64 << 20  // bytes written, all capture buffers together
-	maxIterations = 5_000_000 // loop iterations plus macro calls
+	maxIterations = 1_000_000 // loop iterations plus macro calls
 	maxCallDepth  = 100       // nested macro calls (recursion)
-	maxSeqLen     = 10_000_000
+	maxWork       = 1 << 30   // bytes of strings and list slots built by operators, filters and calls
+	maxSeqLen     = 1_000_000 // elements in a list built by + or *
 )
 
 var (
@@ -88,6 +90,26 @@ type renderer struct {
 	written int
 	steps   int
 	depth   int
+	work    int
+}
+
+// charge counts the size of a value an operator, filter or call built, so
+// that a loop rebuilding a huge string fails instead of running for hours.
+func (r *renderer) charge(v any, p pos) error {
+	switch x := v.(type) {
+	case string:
+		r.work += len(x)
+	case []any:
+		r.work += 16 * len(x)
+	case Tuple:
+		r.work += 16 * len(x)
+	default:
+		return nil
+	}
+	if r.work > maxWork {
+		return newError(p, "template builds more than %d bytes of values", maxWork)
+	}
+	return nil
 }
 
 func (r *renderer) write(s string) error {
@@ -287,12 +309,9 @@ func (r *renderer) execFor(s *forStmt, f *frame) error {
 	if len(items) == 0 {
 		return r.execBody(s.els, f)
 	}
+	// loop.depth counts recursive loop() calls, which are not supported,
+	// so it is always 1 (nested for loops each start at 1, as in jinja2).
 	depth := 1
-	if outer, ok := f.lookup("loop"); ok {
-		if l, ok := outer.(*loopInfo); ok {
-			depth = l.depth + 1
-		}
-	}
 	for i, it := range items {
 		if err := r.step(); err != nil {
 			return newError(s.p, "%v", err)
@@ -494,13 +513,20 @@ func (r *renderer) eval(e expr, f *frame) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return r.callValue(fn, args, kwargs, e.p)
+		v, err := r.callValue(fn, args, kwargs, e.p)
+		if err != nil {
+			return nil, err
+		}
+		return v, r.charge(v, e.p)
 	case *filterExpr:
 		v, err := r.eval(e.obj, f)
 		if err != nil {
 			return nil, err
 		}
-		return r.applyFilter(e.f, v, f)
+		if v, err = r.applyFilter(e.f, v, f); err != nil {
+			return nil, err
+		}
+		return v, r.charge(v, e.p)
 	case *testExpr:
 		v, err := r.eval(e.obj, f)
 		if err != nil {
@@ -566,7 +592,10 @@ func (r *renderer) eval(e expr, f *frame) (any, error) {
 			return nil, err
 		}
 		v, err := binaryOp(e.op, l, rv)
-		return v, atPos(err, e.p)
+		if err != nil {
+			return nil, atPos(err, e.p)
+		}
+		return v, r.charge(v, e.p)
 	case *compareExpr:
 		x, err := r.eval(e.x, f)
 		if err != nil {
@@ -646,7 +675,11 @@ func slice(obj any, start, stop, step *int64) (any, error) {
 		n = len(runes)
 	case Undefined:
 		return nil, errorf("%s", x.Hint)
+	case *Map:
+		return nil, errorf("unhashable type: 'slice'")
 	default:
+		// jinja2 compiles slices to plain Python subscripts, bypassing
+		// the lenient getitem, so this is an error and not undefined.
 		return nil, errorf("'%s' object is not subscriptable", typeName(obj))
 	}
 	st := int64(1)
@@ -715,7 +748,14 @@ func slice(obj any, start, stop, step *int64) (any, error) {
 
 func binaryOp(op string, l, r any) (any, error) {
 	if op == "~" {
-		return toStr(l) + toStr(r), nil
+		a, b := toStr(l), toStr(r)
+		if len(a)+len(b) > maxOutput {
+			return nil, errorf("string too long")
+		}
+		return a + b, nil
+	}
+	if s, ok := l.(string); ok && op == "%" {
+		return percentFormat(s, r)
 	}
 	if u, ok := l.(Undefined); ok {
 		return nil, errorf("%s", u.Hint)
@@ -751,15 +791,11 @@ func binaryOp(op string, l, r any) (any, error) {
 			}
 		}
 	case "*":
-		if n, ok := r.(int64); ok {
-			return repeat(l, n)
+		if isNumber(r) && !isFloat(r) {
+			return repeat(l, toInt(r))
 		}
-		if n, ok := l.(int64); ok {
-			return repeat(r, n)
-		}
-	case "%":
-		if s, ok := l.(string); ok {
-			return percentFormat(s, r)
+		if isNumber(l) && !isFloat(l) {
+			return repeat(r, toInt(l))
 		}
 	}
 	return nil, errorf("unsupported operand type(s) for %s: '%s' and '%s'", op, typeName(l), typeName(r))
@@ -795,11 +831,20 @@ func arith(op string, l, r any) (any, error) {
 		a, b := toInt(l), toInt(r)
 		switch op {
 		case "+":
-			return a + b, nil
+			if c := a + b; (c > a) == (b > 0) {
+				return c, nil
+			}
+			return nil, errorf("integer overflow in %d + %d", a, b)
 		case "-":
-			return a - b, nil
+			if c := a - b; (c < a) == (b > 0) {
+				return c, nil
+			}
+			return nil, errorf("integer overflow in %d - %d", a, b)
 		case "*":
-			return a * b, nil
+			if c := a * b; a == 0 || c/a == b && !(a == -1 && b == math.MinInt64) && !(b == -1 && a == math.MinInt64) {
+				return c, nil
+			}
+			return nil, errorf("integer overflow in %d * %d", a, b)
 		case "//", "%":
 			if b == 0 {
 				return nil, errorf("integer division or modulo by zero")
@@ -818,20 +863,22 @@ func arith(op string, l, r any) (any, error) {
 				return math.Pow(float64(a), float64(b)), nil
 			}
 			res := int64(1)
-			for i := int64(0); i < b; i++ {
-				res *= a
-				if res == 0 || res == 1 && a == 1 {
+			for ; b > 0; b-- {
+				if a == 0 || a == 1 {
+					res = a
 					break
 				}
-				if i > 64 && (a == -1) {
-					if b%2 == 0 {
-						return int64(1), nil
+				if a == -1 {
+					if b%2 == 1 {
+						res = -res
 					}
-					return int64(-1), nil
+					break
 				}
-				if i > 64 {
-					return nil, errorf("integer power too large")
+				p := res * a
+				if p/a != res {
+					return nil, errorf("integer overflow in %d ** %d", toInt(l), toInt(r))
 				}
+				res = p
 			}
 			return res, nil
 		}
@@ -928,6 +975,17 @@ func contains(container, item any) (bool, error) {
 		}
 		return false, nil
 	case *Map:
+		if t, ok := item.(Tuple); ok {
+			for _, e := range t {
+				if !hashable(e) {
+					return false, errorf("unhashable type: '%s'", typeName(e))
+				}
+			}
+			return false, nil // keys from JSON and literals are never tuples
+		}
+		if !hashable(item) {
+			return false, errorf("unhashable type: '%s'", typeName(item))
+		}
 		_, ok := c.Get(item)
 		return ok, nil
 	case Undefined:
@@ -944,6 +1002,9 @@ func iterate(v any) ([]any, error) {
 	case Tuple:
 		return x, nil
 	case string:
+		if len(x) > maxSeqLen {
+			return nil, errorf("string of %d bytes is too long to iterate", len(x))
+		}
 		out := make([]any, 0, len(x))
 		for _, r := range x {
 			out = append(out, string(r))
@@ -989,14 +1050,18 @@ func getItem(obj, key any) (any, error) {
 		case Tuple:
 			n = len(y)
 		case string:
-			runes := []rune(y)
 			if i < 0 {
-				i += int64(len(runes))
+				i += int64(utf8.RuneCountInString(y))
 			}
-			if i < 0 || i >= int64(len(runes)) {
-				return Undefined{fmt.Sprintf("str object has no element %d", i)}, nil
+			if i >= 0 {
+				for _, c := range y {
+					if i == 0 {
+						return string(c), nil
+					}
+					i--
+				}
 			}
-			return string(runes[i]), nil
+			return Undefined{fmt.Sprintf("str object has no element %d", toInt(key))}, nil
 		}
 		if i < 0 {
 			i += int64(n)

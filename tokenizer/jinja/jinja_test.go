@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +106,19 @@ var engineCases = []engineCase{
 	{name: "call_block_args", tmpl: "{% macro each(xs) %}{% for x in xs %}{{ caller(x) }}{% endfor %}{% endmacro %}{% call(x) each([1, 2]) %}<{{ x }}>{% endcall %}", want: "<1><2>"},
 	{name: "filter_block", tmpl: "{% filter upper %}abc{{ 'd' }}{% endfilter %}", want: "ABCD"},
 	{name: "generation_block", tmpl: "a{% generation %}b{% endgeneration %}c", want: "abc", js: "no generation tag"},
+
+	{name: "macro_sees_later_set", tmpl: "{% macro f() %}{{ x }}{% endmacro %}{% set x = 1 %}{{ f() }}", want: "1"},
+	{name: "macro_in_loop", tmpl: "{% for i in [1, 2] %}{% macro f() %}{{ i }}{% endmacro %}{{ f() }}{% endfor %}", want: "12"},
+	{name: "macro_locals", tmpl: "{% macro f() %}{% set y = 5 %}{{ y }}{% endmacro %}{{ f() }}[{{ y }}]", want: "5[]"},
+	{name: "macro_default_from_param", tmpl: "{% macro m(a, b=a) %}{{ a }}{{ b }}{% endmacro %}{{ m(1) }}", want: "11"},
+	{name: "if_no_scope", tmpl: "{% if true %}{% set z = 3 %}{% endif %}{{ z }}", want: "3"},
+	{name: "for_set_no_leak", tmpl: "{% for i in [1] %}{% set z = 3 %}{% endfor %}[{{ z }}]", want: "[]"},
+	{name: "loop_depth_nested", tmpl: "{% for a in [[1, 2]] %}{% for b in a %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}{% endfor %}", want: "1010", js: "no loop.depth"},
+	{name: "namespace_item", tmpl: "{% set ns = namespace(a=1) %}{{ ns.a }}{{ ns['a'] }}[{{ ns.b }}]", want: "11[]", js: "no item access on namespaces"},
+	{name: "dict_bool_int_key", tmpl: "{{ {1: 'a', 2.5: 'b', true: 'c', none: 'd'} | tojson }}", want: `{"1": "c", "2.5": "b", "null": "d"}`, js: "keys are strings"},
+	{name: "percent_width", tmpl: "{{ '%-6s|%5.2f|%03d|%x' % ('ab', 3.14159, 7, 255) }}", want: "ab    | 3.14|007|ff", js: "no % formatting"},
+	{name: "tojson_separators_ascii", tmpl: "{{ {'a': [1, 'é']} | tojson(separators=(',', ':')) }} {{ 'é👋' | tojson(ensure_ascii=true) }}", want: `{"a":[1,"é"]} "\u00e9\ud83d\udc4b"`, js: "no tuples"},
+	{name: "float_print", tmpl: "{{ 1e100 }} {{ 123456789.123456789 }} {{ 1 / 3 }} {{ 100.0 }} {{ 1e15 }} {{ 0.0001 }}", want: "1e+100 123456789.12345679 0.3333333333333333 100.0 1000000000000000.0 0.0001", js: "no exponent literals"},
 
 	// Tests.
 	{name: "tests_types", tmpl: "{{ 1 is integer }}{{ 1.0 is float }}{{ 1 is number }}{{ 's' is string }}{{ {} is mapping }}{{ [] is iterable }}{{ 's' is sequence }}{{ none is none }}{{ true is boolean }}", want: "TrueTrueTrueTrueTrueTrueTrueTrueTrue", js: "no float test"},
@@ -318,5 +333,42 @@ func TestErrorType(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || !e.Raised || e.Msg != "boom" || e.Line != 2 {
 		t.Fatalf("got %#v, want raised *Error at line 2 with Msg boom", err)
+	}
+}
+
+// TestConcurrentRender renders one parsed template from several goroutines;
+// run with -race it checks that rendering keeps no shared mutable state.
+func TestConcurrentRender(t *testing.T) {
+	tpl, err := Parse("{% set ns = namespace(n=0) %}{% macro f(x) %}{{ x * 2 }}{% endmacro %}{% for m in msgs %}{% set ns.n = ns.n + 1 %}{{ f(m) }}{% endfor %}{{ ns.n }}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			msgs := make([]any, g+1)
+			want := ""
+			for i := range msgs {
+				msgs[i] = int64(i)
+				want += strconv.Itoa(2 * i)
+			}
+			want += strconv.Itoa(g + 1)
+			for i := 0; i < 50; i++ {
+				got, err := tpl.Render(map[string]any{"msgs": msgs})
+				if err == nil && got != want {
+					err = fmt.Errorf("goroutine %d: got %q, want %q", g, got, want)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -192,7 +192,7 @@ func DecodeJSON(data []byte) (any, error) {
 		return nil, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("json: trailing data after value at offset %d", dec.InputOffset())
+		return nil, fmt.Errorf("json: trailing data after the value")
 	}
 	return v, nil
 }
@@ -202,6 +202,9 @@ func decodeValue(dec *json.Decoder, depth int) (any, error) {
 		return nil, fmt.Errorf("json: nesting deeper than %d at offset %d", maxJSONDepth, dec.InputOffset())
 	}
 	tok, err := dec.Token()
+	if err == io.EOF {
+		return nil, fmt.Errorf("json: unexpected end of input")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("json: %w", err)
 	}
@@ -218,7 +221,7 @@ func decodeValue(dec *json.Decoder, depth int) (any, error) {
 				out = append(out, v)
 			}
 			if _, err := dec.Token(); err != nil {
-				return nil, fmt.Errorf("json: %w", err)
+				return nil, fmt.Errorf("json: unexpected end of input")
 			}
 			return out, nil
 		case '{':
@@ -239,7 +242,7 @@ func decodeValue(dec *json.Decoder, depth int) (any, error) {
 				m.Set(k, v)
 			}
 			if _, err := dec.Token(); err != nil {
-				return nil, fmt.Errorf("json: %w", err)
+				return nil, fmt.Errorf("json: unexpected end of input")
 			}
 			return m, nil
 		}

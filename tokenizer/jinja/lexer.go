@@ -180,7 +180,7 @@ func (lx *lexer) run() error {
 			if err != nil {
 				return err
 			}
-			lx.toks = append(lx.toks, token{tVarEnd, "}}", lx.posAt(end-2-btoi(esign != 0))})
+			lx.toks = append(lx.toks, token{tVarEnd, "}}", lx.posAt(end - 2 - btoi(esign != 0))})
 			off = lx.afterTag(end, '{', esign)
 		case '%':
 			if rawEnd, ok := lx.rawStart(body); ok {
@@ -196,7 +196,7 @@ func (lx *lexer) run() error {
 			if err != nil {
 				return err
 			}
-			lx.toks = append(lx.toks, token{tBlockEnd, "%}", lx.posAt(end-2-btoi(esign != 0))})
+			lx.toks = append(lx.toks, token{tBlockEnd, "%}", lx.posAt(end - 2 - btoi(esign != 0))})
 			off = lx.afterTag(end, '%', esign)
 		}
 	}
@@ -214,7 +214,8 @@ func (lx *lexer) rawStart(off int) (int, bool) {
 	}
 	rest := strings.TrimLeft(trimmed[3:], " \t\r\n")
 	skip := len(s) - len(rest)
-	if strings.HasPrefix(rest, "-%}") || strings.HasPrefix(rest, "+%}") {
+	// jinja2 accepts "-%}" and "%}" here, not "+%}".
+	if strings.HasPrefix(rest, "-%}") {
 		return off + skip + 3, true
 	}
 	if strings.HasPrefix(rest, "%}") {
@@ -225,8 +226,11 @@ func (lx *lexer) rawStart(off int) (int, bool) {
 
 func (lx *lexer) lexRaw(tagOff, bodyEnd int) (int, error) {
 	src := lx.src
-	openSign := src[bodyEnd-3]
-	start := lx.afterTag(bodyEnd, '%', openSign)
+	// After "raw %}" jinja2 applies no trim_blocks, only the '-' strip.
+	start := bodyEnd
+	if src[bodyEnd-3] == '-' {
+		start = lx.afterTag(bodyEnd, '%', '-')
+	}
 	search := start
 	for {
 		t := strings.Index(src[search:], "{%")

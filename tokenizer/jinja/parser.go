@@ -967,16 +967,12 @@ func (p *parser) parseFilterTests(e expr) (expr, error) {
 			}
 			p.next()
 			te := &testExpr{p: t.pos, obj: e, name: name.val, negate: negate}
-			// Python jinja2 spells these keywords as test names too.
-			switch name.val {
-			case "none", "true", "false", "None", "True", "False":
-				te.name = map[string]string{"None": "none", "True": "true", "False": "false"}[name.val]
-				if te.name == "" {
-					te.name = name.val
-				}
-			}
+			// As in jinja2, a name after the test name is its argument
+			// unless it is else/or/and: `x is divisibleby 3`.
 			c := p.cur()
 			switch {
+			case p.isName("is"):
+				return nil, newError(c.pos, "you cannot chain multiple tests with 'is'")
 			case p.isOp("("):
 				args, _, err := p.parseCallArgs()
 				if err != nil {
@@ -984,7 +980,7 @@ func (p *parser) parseFilterTests(e expr) (expr, error) {
 				}
 				te.args = args
 			case c.kind == tString || c.kind == tInt || c.kind == tFloat || p.isOp("[") || p.isOp("{") ||
-				c.kind == tName && c.val != "else" && c.val != "or" && c.val != "and" && c.val != "is" && c.val != "if" && c.val != "not" && c.val != "in":
+				c.kind == tName && c.val != "else" && c.val != "or" && c.val != "and":
 				a, err := p.parsePrimary()
 				if err != nil {
 					return nil, err

@@ -1,8 +1,10 @@
 package jinja
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,10 +47,15 @@ type Map struct {
 // NewMap returns an empty Map.
 func NewMap() *Map { return &Map{vals: map[any]any{}} }
 
-// hashKey makes 1 and 1.0 the same key, as in Python.
+// hashKey makes 1, 1.0 and True the same key, as in Python.
 func hashKey(k any) any {
-	if f, ok := k.(float64); ok && f == math.Trunc(f) && math.Abs(f) < 1<<62 {
-		return int64(f)
+	switch x := k.(type) {
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) < 1<<62 {
+			return int64(x)
+		}
+	case bool:
+		return toInt(x) // True == 1 in Python, so they are one key
 	}
 	return k
 }
@@ -152,8 +159,55 @@ func FromGo(v any) any {
 			m.Set(k, x[k])
 		}
 		return m
-	case fmt.Stringer:
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n
+		}
+		if f, err := x.Float64(); err == nil {
+			return f
+		}
 		return x.String()
+	}
+	// Other slices and string-keyed maps, by reflection.
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Slice, reflect.Array:
+		out := make([]any, rv.Len())
+		for i := range out {
+			out[i] = FromGo(rv.Index(i).Interface())
+		}
+		return out
+	case reflect.Map:
+		if rv.Type().Key().Kind() == reflect.String {
+			keys := make([]string, 0, rv.Len())
+			for _, k := range rv.MapKeys() {
+				keys = append(keys, k.String())
+			}
+			sort.Strings(keys)
+			m := NewMap()
+			for _, k := range keys {
+				m.Set(k, FromGo(rv.MapIndex(reflect.ValueOf(k).Convert(rv.Type().Key())).Interface()))
+			}
+			return m
+		}
+	case reflect.Pointer:
+		if rv.IsNil() {
+			return nil
+		}
+		return FromGo(rv.Elem().Interface())
+	case reflect.String:
+		return rv.String()
+	case reflect.Bool:
+		return rv.Bool()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return rv.Int()
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return int64(rv.Uint())
+	case reflect.Float32, reflect.Float64:
+		return rv.Float()
+	}
+	if s, ok := v.(fmt.Stringer); ok {
+		return s.String()
 	}
 	return fmt.Sprint(v)
 }
@@ -221,17 +275,22 @@ func toStr(v any) string {
 		return ""
 	}
 	var b strings.Builder
-	writeRepr(&b, v, false)
+	writeRepr(&b, v, false, 0)
 	return b.String()
 }
 
 func repr(v any) string {
 	var b strings.Builder
-	writeRepr(&b, v, true)
+	writeRepr(&b, v, true, 0)
 	return b.String()
 }
 
-func writeRepr(b *strings.Builder, v any, quote bool) {
+func writeRepr(b *strings.Builder, v any, quote bool, depth int) {
+	// A namespace can hold itself; Python prints the cycle as "...".
+	if depth > maxJSONDepth || b.Len() > maxOutput {
+		b.WriteString("...")
+		return
+	}
 	switch x := v.(type) {
 	case nil:
 		b.WriteString("None")
@@ -261,7 +320,7 @@ func writeRepr(b *strings.Builder, v any, quote bool) {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			writeRepr(b, e, true)
+			writeRepr(b, e, true, depth+1)
 		}
 		b.WriteByte(']')
 	case Tuple:
@@ -270,7 +329,7 @@ func writeRepr(b *strings.Builder, v any, quote bool) {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			writeRepr(b, e, true)
+			writeRepr(b, e, true, depth+1)
 		}
 		if len(x) == 1 {
 			b.WriteByte(',')
@@ -282,14 +341,14 @@ func writeRepr(b *strings.Builder, v any, quote bool) {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			writeRepr(b, k, true)
+			writeRepr(b, k, true, depth+1)
 			b.WriteString(": ")
-			writeRepr(b, x.vals[hashKey(k)], true)
+			writeRepr(b, x.vals[hashKey(k)], true, depth+1)
 		}
 		b.WriteByte('}')
 	case *Namespace:
 		b.WriteString("<Namespace ")
-		writeRepr(b, x.m, true)
+		writeRepr(b, x.m, true, depth+1)
 		b.WriteString(">")
 	case *Macro:
 		b.WriteString("<Macro '" + x.name + "'>")
@@ -377,6 +436,11 @@ func isNumber(v any) bool {
 		return true
 	}
 	return false
+}
+
+func isFloat(v any) bool {
+	_, ok := v.(float64)
+	return ok
 }
 
 func toFloat(v any) float64 {
