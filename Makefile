@@ -5,8 +5,9 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 ORACLE   := testdata/oracle/node_modules/.installed
+LLAMACPP := bench/llamacpp/node_modules/.installed
 
-.PHONY: build test unit fuzz oracle bench lint clean
+.PHONY: build test unit fuzz oracle llamacpp bench lint clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tune
@@ -19,10 +20,18 @@ $(ORACLE): testdata/oracle/package.json testdata/oracle/package-lock.json
 
 oracle: $(ORACLE)
 
-test: oracle lint unit fuzz
+# llama.cpp's prebuilt CPU build (npm node-llama-cpp, ~85 MB): loads our GGUF exports in the
+# tests and is the anchor of `make bench`. `npm install`, not `npm ci`: see bench/llamacpp/README.md.
+$(LLAMACPP): bench/llamacpp/package.json bench/llamacpp/package-lock.json
+	cd bench/llamacpp && npm install --omit=optional --no-audit --no-fund --loglevel=error
+	touch $@
+
+llamacpp: $(LLAMACPP)
+
+test: oracle llamacpp lint unit fuzz
 
 unit: build
-	$(GO) test -count=1 -timeout 20m ./...
+	TUNE_LLAMACPP=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -tags noasm ./kernels/...
 
 # Short runs of every fuzz target; longer ones: make fuzz FUZZTIME=10m
@@ -37,8 +46,8 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-bench: build
-	bash bench/run.sh
+bench: build oracle llamacpp
+	go run bench/run.go
 
 clean:
 	rm -rf bin

@@ -46,14 +46,7 @@ func TestReadTextsParquetDuckDB(t *testing.T) {
 }
 
 func TestReadTextsFormats(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := tempWriter(t)
 	tests := []struct {
 		name, file, content, column string
 		want                        []string
@@ -81,14 +74,7 @@ func TestReadTextsFormats(t *testing.T) {
 }
 
 func TestReadTextsErrors(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := tempWriter(t)
 	tests := []struct {
 		name, path, column string
 		want               []string // substrings of the error
@@ -102,7 +88,7 @@ func TestReadTextsErrors(t *testing.T) {
 		{"missing parquet column", "testdata/texts.parquet", "body", []string{"texts.parquet", `no column "body"`, "id, text"}},
 		{"non-string parquet column", "testdata/numbers.parquet", "score", []string{"numbers.parquet", `column "score": want a string column`}},
 		{"parquet that is not parquet", write("fake.parquet", "this is text, not parquet"), "text", []string{"fake.parquet", "not a readable Parquet file"}},
-		{"missing file", filepath.Join(dir, "nope.txt"), "text", []string{"nope.txt", "no such file"}},
+		{"missing file", filepath.Join(t.TempDir(), "nope.txt"), "text", []string{"nope.txt", "no such file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,5 +105,17 @@ func TestReadTextsErrors(t *testing.T) {
 				t.Errorf("error is not one line: %q", err)
 			}
 		})
+	}
+}
+
+// tempWriter returns a function that writes a file into a fresh temporary folder.
+func tempWriter(t *testing.T) func(name, content string) string {
+	dir := t.TempDir()
+	return func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
 }

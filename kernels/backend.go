@@ -45,6 +45,14 @@ type Backend interface {
 	// keys at positions > p-window (transformers' sliding_window mask).
 	AttentionForward(out []float32 /*[T,NH*HD]*/, q []float32 /*[T,NH*HD]*/, k, v []float32 /*[S,KVH*HD]*/, pos0, T, NH, KVH, HD, window int)
 
+	// PackedAttentionForward is the padding-free (varlen) form of
+	// AttentionForward for T rows holding several sequences back to back, with
+	// no cache: k and v are the T rows' own keys and values, and query t sees
+	// keys s with max(segStart[t], t-window+1) <= s <= t (window <= 0: no window
+	// limit), segStart[t] being the row where t's sequence begins. It is what
+	// flash_attn_varlen_func computes from cu_seqlens. Part of OpAttention.
+	PackedAttentionForward(out []float32 /*[T,NH*HD]*/, q []float32 /*[T,NH*HD]*/, k, v []float32 /*[T,KVH*HD]*/, segStart []int /*[T]*/, T, NH, KVH, HD, window int)
+
 	// SwiGLUForward: out = silu(gate) * up elementwise, silu(x) = x/(1+exp(-x)).
 	SwiGLUForward(out, gate, up []float32 /*[N]*/)
 

@@ -24,15 +24,21 @@ func (m *Model) NewCache(maxT int) *Cache {
 		kc.k[l] = make([]float32, maxT*kvd)
 		kc.v[l] = make([]float32, maxT*kvd)
 	}
-	// transformers: freqs = inv_freq ⊗ position in fp32, then cos/sin in fp32.
 	for p := 0; p < maxT; p++ {
-		for i, f := range m.inv {
-			a := float64(float32(p) * f)
-			kc.cos[p*half+i] = float32(math.Cos(a))
-			kc.sin[p*half+i] = float32(math.Sin(a))
-		}
+		m.ropeAngles(kc.cos[p*half:(p+1)*half], kc.sin[p*half:(p+1)*half], p)
 	}
 	return kc
+}
+
+// ropeAngles writes the RoPE cos/sin row [HD/2] of position p. transformers:
+// freqs = inv_freq ⊗ position in fp32, then cos/sin in fp32. Every path (cache,
+// packed) takes its angles from here so that equal positions rotate equally.
+func (m *Model) ropeAngles(cos, sin []float32, p int) {
+	for i, f := range m.inv {
+		a := float64(float32(p) * f)
+		cos[i] = float32(math.Cos(a))
+		sin[i] = float32(math.Sin(a))
+	}
 }
 
 // Len is the number of positions held.
@@ -54,6 +60,8 @@ type activations struct {
 	att      []float32 // [T,NH*HD] attention output, heads concatenated
 	proj     []float32 // [T,C] block output before the residual add
 	gate, up []float32 // [T,I]
+
+	packed packedScratch // ForwardPacked and PackedNLL (packed.go)
 }
 
 // acts returns views of the scratch for exactly T rows.
@@ -117,7 +125,7 @@ func (m *Model) forward(c *Cache, tokens []int, hidden []float32) {
 	cos := c.cos[pos0*half : (pos0+T)*half]
 	sin := c.sin[pos0*half : (pos0+T)*half]
 	for l := range m.layers {
-		m.attentionForward(a, &m.layers[l], c.k[l], c.v[l], cos, sin, pos0, T)
+		m.attentionForward(a, &m.layers[l], c.k[l], c.v[l], cos, sin, nil, pos0, T)
 		m.mlpForward(a, &m.layers[l], T)
 	}
 	be.RMSNormForward(hidden[:T*C], x, m.norm, cfg.RMSNormEps, T, C)
@@ -129,10 +137,13 @@ func (m *Model) forward(c *Cache, tokens []int, hidden []float32) {
 //	xn = rmsnorm(x) · input_layernorm                        [T,C]
 //	q = xn·Wqᵀ (+bq) [T,NH*HD]; k, v = xn·Wk,vᵀ (+b) [T,KVH*HD] (into the cache rows pos0..)
 //	q, k = rmsnorm per head · q_norm, k_norm                   (qwen3)
-//	q, k = rope(q, k) at positions pos0..pos0+T-1
+//	q, k = rope(q, k) at positions pos0..pos0+T-1 (cos, sin [T,HD/2] hold their angles)
 //	att = softmax(q·kᵀ/sqrt(HD), causal, window) · v           [T,NH*HD]
 //	x += att·Woᵀ (+bo)                                        [T,C]
-func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []float32, pos0, T int) {
+//
+// With segStart != nil the T rows are packed sequences (ForwardPacked): pos0 is
+// 0, kc and vc are scratch for the T rows, and row t attends from segStart[t].
+func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []float32, segStart []int, pos0, T int) {
 	cfg, be := m.Config, m.be
 	C, NH, KVH, HD := cfg.Hidden, cfg.Heads, cfg.KVHeads, cfg.HeadDim
 	kvd := KVH * HD
@@ -151,7 +162,11 @@ func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []fl
 	be.RoPEForward(q, cos, sin, T, NH, HD)
 	be.RoPEForward(k, cos, sin, T, KVH, HD)
 	att := a.att[:T*NH*HD]
-	be.AttentionForward(att, q, kc, vc, pos0, T, NH, KVH, HD, L.window)
+	if segStart != nil {
+		be.PackedAttentionForward(att, q, k, v, segStart, T, NH, KVH, HD, L.window)
+	} else {
+		be.AttentionForward(att, q, kc, vc, pos0, T, NH, KVH, HD, L.window)
+	}
 	proj := a.proj[:T*C]
 	be.MatMulForward(proj, att, L.o, L.oBias, T)
 	be.AddForward(x, x, proj)

@@ -4,12 +4,49 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // testFactory returns a Factory over buffers: stdin, stdout, stderr.
 func testFactory(stdin string) (*Factory, *bytes.Buffer, *bytes.Buffer) {
 	out, errOut := &bytes.Buffer{}, &bytes.Buffer{}
 	return &Factory{IO: &IOStreams{In: strings.NewReader(stdin), Out: out, ErrOut: errOut}}, out, errOut
+}
+
+// parseFlags runs a command constructor's flag parsing and validation with a runF that
+// captures the options, and returns them (IO cleared) or the error.
+func parseFlags[O any](t *testing.T, newCmd func(*Factory, func(*O) error) *cobra.Command, args []string) (O, error) {
+	t.Helper()
+	f, _, _ := testFactory("")
+	var got *O
+	cmd := newCmd(f, func(o *O) error { got = o; return nil })
+	cmd.SetArgs(args)
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	var zero O
+	if err := cmd.Execute(); err != nil {
+		return zero, err
+	}
+	return *got, nil
+}
+
+// checkParse compares parseFlags' result with a table row's want or wantErr.
+func checkParse[O comparable](t *testing.T, got O, err error, want O, wantErr string, clearIO func(*O)) {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %v, want %q", err, wantErr)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	clearIO(&got)
+	if got != want {
+		t.Fatalf("options\n got %+v\nwant %+v", got, want)
+	}
 }
 
 // runCLI runs the root command with args as a user would (through cobra) and returns
@@ -36,6 +73,8 @@ func TestNewCmdGenerate(t *testing.T) {
 			want: GenerateOptions{ModelDir: "m", Chat: true, Thinking: "false", System: "be brief", MaxTokens: 5, Temperature: 0, TopP: 1}},
 		{name: "sampling", args: []string{"--model", "m", "--prompt", "x", "--top-p", "0.8", "--top-k", "20", "--seed", "7"},
 			want: GenerateOptions{ModelDir: "m", Prompt: "x", MaxTokens: 256, Temperature: 0.7, TopP: 0.8, TopK: 20, Seed: 7}},
+		{name: "bench flags", args: []string{"--model", "m", "--prompt", "x", "--stats", "--ignore-eos"},
+			want: GenerateOptions{ModelDir: "m", Prompt: "x", MaxTokens: 256, Temperature: 0.7, TopP: 1, Stats: true, IgnoreEOS: true}},
 		{name: "no model", args: []string{"--prompt", "x"}, wantErr: "--model is required"},
 		{name: "no prompt", args: []string{"--model", "m"}, wantErr: "--prompt is required"},
 		{name: "bad top-p", args: []string{"--model", "m", "--prompt", "x", "--top-p", "1.5"}, wantErr: "--top-p: want a value in (0, 1], got 1.5"},
@@ -47,26 +86,8 @@ func TestNewCmdGenerate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f, _, _ := testFactory("")
-			var got *GenerateOptions
-			cmd := newCmdGenerate(f, func(o *GenerateOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			err := cmd.Execute()
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got.IO = nil
-			if *got != tt.want {
-				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
-			}
+			got, err := parseFlags(t, newCmdGenerate, tt.args)
+			checkParse(t, got, err, tt.want, tt.wantErr, func(o *GenerateOptions) { o.IO = nil })
 		})
 	}
 }
@@ -86,26 +107,8 @@ func TestNewCmdEvalPPL(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f, _, _ := testFactory("")
-			var got *EvalPPLOptions
-			cmd := newCmdEvalPPL(f, func(o *EvalPPLOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			err := cmd.Execute()
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got.IO = nil
-			if *got != tt.want {
-				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
-			}
+			got, err := parseFlags(t, newCmdEvalPPL, tt.args)
+			checkParse(t, got, err, tt.want, tt.wantErr, func(o *EvalPPLOptions) { o.IO = nil })
 		})
 	}
 }
@@ -126,26 +129,8 @@ func TestNewCmdTokenize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f, _, _ := testFactory("")
-			var got *TokenizeOptions
-			cmd := newCmdTokenize(f, func(o *TokenizeOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			err := cmd.Execute()
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got.IO = nil
-			if *got != tt.want {
-				t.Fatalf("options\n got %+v\nwant %+v", *got, tt.want)
-			}
+			got, err := parseFlags(t, newCmdTokenize, tt.args)
+			checkParse(t, got, err, tt.want, tt.wantErr, func(o *TokenizeOptions) { o.IO = nil })
 		})
 	}
 }

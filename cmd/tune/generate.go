@@ -28,6 +28,7 @@ type GenerateOptions struct {
 	TopK        int
 	Seed        uint64
 	Stats       bool
+	IgnoreEOS   bool
 }
 
 func newCmdGenerate(f *Factory, runF func(*GenerateOptions) error) *cobra.Command {
@@ -96,6 +97,7 @@ template with the generation prompt added (--system adds a system message).`,
 	fl.IntVar(&opts.TopK, "top-k", 0, "keep only the k most likely tokens (0 = off)")
 	fl.Uint64Var(&opts.Seed, "seed", 0, "random seed for sampling")
 	fl.BoolVar(&opts.Stats, "stats", false, "print prompt and generation speed to stderr at the end")
+	fl.BoolVar(&opts.IgnoreEOS, "ignore-eos", false, "do not stop at end-of-sequence tokens (for benchmarks)")
 	return cmd
 }
 
@@ -131,6 +133,9 @@ func generateRun(opts *GenerateOptions) error {
 	stop, err := stopTokens(opts.ModelDir, m, tok)
 	if err != nil {
 		return err
+	}
+	if opts.IgnoreEOS {
+		stop = nil
 	}
 	dec := tokenizer.NewStreamDecoder(tok)
 	start := time.Now()

@@ -19,8 +19,10 @@ type IOStreams struct {
 	In     io.Reader
 	Out    io.Writer
 	ErrOut io.Writer
-	// ErrTTY is true when ErrOut is a terminal: progress bars and colour go there only then.
+	// ErrTTY is true when ErrOut is a terminal: progress bars go there only then.
 	ErrTTY bool
+	// OutTTY is true when Out is a terminal: colour goes there only then.
+	OutTTY bool
 }
 
 // Factory carries what every command needs; commands get it from the root.
@@ -34,6 +36,7 @@ func defaultFactory() *Factory {
 		Out:    os.Stdout,
 		ErrOut: os.Stderr,
 		ErrTTY: term.IsTerminal(int(os.Stderr.Fd())),
+		OutTTY: term.IsTerminal(int(os.Stdout.Fd())),
 	}}
 }
 
@@ -73,6 +76,7 @@ One static binary, no Python.`,
 		newCmdTokenize(f, nil),
 		newCmdGenerate(f, nil),
 		newCmdEval(f),
+		newCmdData(f),
 	)
 	return root
 }

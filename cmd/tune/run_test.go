@@ -220,3 +220,81 @@ func equalInts(a, b []int) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestDataPreviewJSON(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "chat.jsonl")
+	rows := `{"messages":[{"role":"user","content":"What is 2+2?"},{"role":"assistant","content":"4."}]}` + "\n" +
+		`{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"}]}` + "\n"
+	if err := os.WriteFile(path, []byte(rows), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "", "data", "preview", "--data", path, "--model", modelDir("qwen3-tied"), "--json", "-n", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Examples []struct {
+			Row    string `json:"row"`
+			IDs    []int  `json:"ids"`
+			Labels []int  `json:"labels"`
+		} `json:"examples"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Examples) != 1 {
+		t.Fatalf("-n 1 gave %d examples", len(res.Examples))
+	}
+	tok, err := tokenizer.Load(modelDir("qwen3-tied"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := res.Examples[0]
+	var trained, all []int
+	for i, l := range e.Labels {
+		if l != -100 {
+			if l != e.IDs[i] {
+				t.Fatalf("label %d at %d is not the token %d", l, i, e.IDs[i])
+			}
+			trained = append(trained, l)
+		}
+	}
+	all = e.IDs
+	// Qwen3's template renders the last assistant turn after an empty think block; the
+	// loss covers what the model writes after "<|im_start|>assistant\n", up to <|im_end|>.
+	if got, want := tok.Decode(trained, false), "<think>\n\n</think>\n\n4.<|im_end|>"; got != want {
+		t.Errorf("trained text %q, want %q", got, want)
+	}
+	if got, want := tok.Decode(all, false), "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4.<|im_end|>\n"; got != want {
+		t.Errorf("text %q, want %q", got, want)
+	}
+	if !strings.HasSuffix(e.Row, "chat.jsonl line 1") {
+		t.Errorf("row %q", e.Row)
+	}
+}
+
+func TestDataStats(t *testing.T) {
+	out, _, err := runCLI(t, "", "data", "stats", "--data", "../../data/testdata/texts.parquet", "--format", "text",
+		"--model", modelDir("qwen3-tied"), "--max-seq-len", "32", "--cache-dir", t.TempDir(), "--skip-bad-rows", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Rows          int64 `json:"rows"`
+		BadRows       int64 `json:"bad_rows"`
+		Tokens        int64 `json:"tokens"`
+		TrainedTokens int64 `json:"trained_tokens"`
+		Truncated     int64 `json:"truncated"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	// 5000 rows of which one in eight is null (data/testdata/gen_parquet.mjs): skipped.
+	if st.Rows != 5000 || st.BadRows != 625 {
+		t.Errorf("rows %d, bad rows %d; want 5000 and 625", st.Rows, st.BadRows)
+	}
+	if st.Tokens == 0 || st.TrainedTokens == 0 || st.Truncated == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -1,9 +1,13 @@
 package cpu
 
-import "math"
+import (
+	"fmt"
+	"math"
+)
 
 type attentionTask struct {
 	out, q, k, v                 []float32
+	segStart                     []int // [T] or nil: the lowest key each query may see
 	pos0, T, NH, KVH, HD, window int
 	scale                        float32
 }
@@ -17,6 +21,25 @@ type attentionTask struct {
 //
 // The causal limit s <= p is what makes a KV-cache step equal a full pass.
 func (b *Backend) AttentionForward(out, q, k, v []float32, pos0, T, NH, KVH, HD, window int) {
+	b.attention(out, q, k, v, nil, pos0, T, NH, KVH, HD, window)
+}
+
+// PackedAttentionForward is AttentionForward over T rows that hold several
+// sequences back to back (pos0 = 0, keys are the T rows themselves): query t
+// sees keys s in [max(segStart[t], t-window+1), t]. The score loop starts at
+// that lower bound exactly as AttentionForward starts at 0 for a sequence run
+// alone, so each packed row equals its stand-alone row bit for bit.
+func (b *Backend) PackedAttentionForward(out, q, k, v []float32, segStart []int, T, NH, KVH, HD, window int) {
+	need("attention", "segStart", len(segStart), T)
+	for t, s := range segStart[:T] {
+		if s < 0 || s > t {
+			panic(fmt.Sprintf("cpu: attention: segStart[%d] = %d outside [0,%d]", t, s, t))
+		}
+	}
+	b.attention(out, q, k, v, segStart[:T], 0, T, NH, KVH, HD, window)
+}
+
+func (b *Backend) attention(out, q, k, v []float32, segStart []int, pos0, T, NH, KVH, HD, window int) {
 	if KVH <= 0 || NH%KVH != 0 {
 		panic("cpu: attention: NH must be a multiple of KVH")
 	}
@@ -28,7 +51,7 @@ func (b *Backend) AttentionForward(out, q, k, v []float32, pos0, T, NH, KVH, HD,
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	a := &b.att
-	*a = attentionTask{out: out, q: q, k: k, v: v, pos0: pos0, T: T, NH: NH, KVH: KVH, HD: HD, window: window,
+	*a = attentionTask{out: out, q: q, k: k, v: v, segStart: segStart, pos0: pos0, T: T, NH: NH, KVH: KVH, HD: HD, window: window,
 		scale: float32(1 / math.Sqrt(float64(HD)))}
 	b.pool.do(a, T*NH)
 	*a = attentionTask{}
@@ -40,8 +63,11 @@ func (a *attentionTask) run(wk *worker, chunk int) {
 	g := h / (a.NH / a.KVH)
 	p := a.pos0 + t
 	lo := 0
+	if a.segStart != nil {
+		lo = a.segStart[t]
+	}
 	if a.window > 0 {
-		lo = max(0, p-a.window+1)
+		lo = max(lo, p-a.window+1)
 	}
 	q := a.q[(t*a.NH+h)*HD : (t*a.NH+h+1)*HD]
 	sc := wk.scoreBuf(p + 1 - lo)

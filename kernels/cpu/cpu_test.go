@@ -494,3 +494,126 @@ func TestConvertRowExhaustive(t *testing.T) {
 		}
 	}
 }
+
+// refPackedAttention is packed (varlen) attention with an explicit T×T mask:
+// key s is visible to query t when s <= t, s is in t's segment and t-s < window.
+func refPackedAttention(q, k, v []float32, segStart []int, T, NH, KVH, HD, window int) []float64 {
+	out := make([]float64, T*NH*HD)
+	for t := 0; t < T; t++ {
+		for h := 0; h < NH; h++ {
+			g := h * KVH / NH
+			sc := make([]float64, T)
+			mx := math.Inf(-1)
+			for s := 0; s < T; s++ {
+				allowed := s <= t && s >= segStart[t] && (window <= 0 || t-s < window)
+				if !allowed {
+					sc[s] = math.Inf(-1)
+					continue
+				}
+				var d float64
+				for i := 0; i < HD; i++ {
+					d += float64(q[(t*NH+h)*HD+i]) * float64(k[(s*KVH+g)*HD+i])
+				}
+				sc[s] = d / math.Sqrt(float64(HD))
+				mx = max(mx, sc[s])
+			}
+			var sum float64
+			for s := range sc {
+				sc[s] = math.Exp(sc[s] - mx)
+				sum += sc[s]
+			}
+			for s := range sc {
+				for i := 0; i < HD; i++ {
+					out[(t*NH+h)*HD+i] += sc[s] / sum * float64(v[(s*KVH+g)*HD+i])
+				}
+			}
+		}
+	}
+	return out
+}
+
+// segStarts expands sample lengths into each row's segment start.
+func segStarts(lens []int) []int {
+	var ss []int
+	for _, n := range lens {
+		s := len(ss)
+		for range n {
+			ss = append(ss, s)
+		}
+	}
+	return ss
+}
+
+// TestPackedAttention checks the varlen kernel against the explicit mask, and
+// that each segment's rows equal AttentionForward over that segment alone bit
+// for bit (the property ForwardPacked relies on), with 1 and 4 workers.
+func TestPackedAttention(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	cases := []struct {
+		lens                []int
+		NH, KVH, HD, window int
+	}{
+		{[]int{1}, 1, 1, 4, 0},
+		{[]int{7}, 4, 2, 8, 0},
+		{[]int{3, 1, 5}, 4, 2, 8, 0},
+		{[]int{1, 1, 1}, 2, 1, 6, 0},
+		{[]int{9, 2, 6}, 6, 3, 6, 3},
+		{[]int{4, 11, 1, 5}, 8, 2, 16, 4},
+		{[]int{13, 7}, 4, 4, 4, 1},
+	}
+	b1, b4 := New(1), New(4)
+	for _, c := range cases {
+		name := fmt.Sprintf("lens=%v,NH=%d,KVH=%d,HD=%d,win=%d", c.lens, c.NH, c.KVH, c.HD, c.window)
+		ss := segStarts(c.lens)
+		T, qd, kvd := len(ss), c.NH*c.HD, c.KVH*c.HD
+		q := randVec(r, T*qd, 2)
+		k := randVec(r, T*kvd, 2)
+		v := randVec(r, T*kvd, 1)
+		want := refPackedAttention(q, k, v, ss, T, c.NH, c.KVH, c.HD, c.window)
+		got := make([]float32, len(want))
+		b4.PackedAttentionForward(got, q, k, v, ss, T, c.NH, c.KVH, c.HD, c.window)
+		checkClose(t, name, got, want, func(int) float64 { return 2e-6 })
+
+		got1 := make([]float32, len(want))
+		b1.PackedAttentionForward(got1, q, k, v, ss, T, c.NH, c.KVH, c.HD, c.window)
+		if !slices.Equal(got, got1) {
+			t.Errorf("%s: 1 worker and 4 workers differ", name)
+		}
+		for s0, i := 0, 0; i < len(c.lens); s0, i = s0+c.lens[i], i+1 {
+			n := c.lens[i]
+			alone := make([]float32, n*qd)
+			b4.AttentionForward(alone, q[s0*qd:(s0+n)*qd], k[s0*kvd:(s0+n)*kvd], v[s0*kvd:(s0+n)*kvd], 0, n, c.NH, c.KVH, c.HD, c.window)
+			if !slices.Equal(alone, got[s0*qd:(s0+n)*qd]) {
+				t.Errorf("%s: segment %d differs from AttentionForward over the segment alone", name, i)
+			}
+		}
+	}
+}
+
+func TestPackedAttentionBadSegStart(t *testing.T) {
+	b := New(1)
+	q := make([]float32, 3*4)
+	for _, ss := range [][]int{{0, 2, 0}, {-1, 0, 0}, {0, 0}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("segStart %v: no panic", ss)
+				}
+			}()
+			b.PackedAttentionForward(q, q, q, q, ss, 3, 1, 1, 4, 0)
+		}()
+	}
+}
+
+func TestPackedAttentionNoAllocs(t *testing.T) {
+	b := New(2)
+	T := 8
+	q := make([]float32, T*4*16)
+	kv := make([]float32, T*2*16)
+	out := make([]float32, T*4*16)
+	ss := segStarts([]int{3, 5})
+	b.PackedAttentionForward(out, q, kv, kv, ss, T, 4, 2, 16, 0)
+	if n := testing.AllocsPerRun(20, func() { b.PackedAttentionForward(out, q, kv, kv, ss, T, 4, 2, 16, 2) }); n != 0 {
+		t.Errorf("PackedAttentionForward allocates %v times per call", n)
+	}
+}

