@@ -1,6 +1,8 @@
 package data
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -36,15 +38,28 @@ func ipcLimits(fh *os.File) []ipc.Option {
 func openArrow(sf *sourceFile, fh *os.File) (err error) {
 	inFn := false
 	defer guard(sf.path, "Arrow IPC", &inFn, &err)
+	st, err := fh.Stat()
+	if err != nil {
+		return fmt.Errorf("data: %s: %v", sf.path, err)
+	}
 	var schema *arrow.Schema
 	if sf.stream {
-		r, err := ipc.NewReader(fh, ipcLimits(fh)...)
+		if sf.rows, err = countStreamRows(fh, st.Size()); err != nil {
+			return fmt.Errorf("data: %s: corrupt Arrow IPC stream: %v", sf.path, err)
+		}
+		if _, err := fh.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("data: %s: %v", sf.path, err)
+		}
+		r, err := ipc.NewReader(&checkedStream{r: bufio.NewReader(fh), size: st.Size()}, ipcLimits(fh)...)
 		if err != nil {
 			return fmt.Errorf("data: %s: not a readable Arrow IPC stream: %v", sf.path, err)
 		}
 		defer r.Release()
 		schema = r.Schema()
 	} else {
+		if sf.rows, err = checkIPCFile(fh, st.Size()); err != nil {
+			return fmt.Errorf("data: %s: corrupt Arrow IPC file: %v", sf.path, err)
+		}
 		r, err := ipc.NewFileReader(fh, ipcLimits(fh)...)
 		if err != nil {
 			return fmt.Errorf("data: %s: not a readable Arrow IPC file: %v", sf.path, err)
@@ -52,11 +67,55 @@ func openArrow(sf *sourceFile, fh *os.File) (err error) {
 		defer r.Close()
 		schema = r.Schema()
 	}
+	sf.rowsOK = true
 	for _, f := range schema.Fields() {
 		sf.columns = append(sf.columns, f.Name)
 		sf.types = append(sf.types, arrowType(f.Type))
 	}
 	return nil
+}
+
+// countStreamRows walks the messages of an IPC stream, checking each one's
+// metadata and skipping the bodies, and adds up the record batches' lengths.
+func countStreamRows(fh *os.File, size int64) (int64, error) {
+	var rows, off int64
+	for off < size {
+		var pre [8]byte
+		n, _ := fh.ReadAt(pre[:], off)
+		if n < 4 {
+			return 0, fmt.Errorf("message at byte %d: %w", off, io.ErrUnexpectedEOF)
+		}
+		head := int64(4)
+		length := binary.LittleEndian.Uint32(pre[:4])
+		if length == 0xffffffff {
+			if n < 8 {
+				return 0, fmt.Errorf("message at byte %d: %w", off, io.ErrUnexpectedEOF)
+			}
+			head = 8
+			length = binary.LittleEndian.Uint32(pre[4:])
+		}
+		if length == 0 {
+			return rows, nil // end-of-stream marker
+		}
+		if off+head+int64(length) > size {
+			return 0, fmt.Errorf("message at byte %d: metadata of %d bytes beyond the end: %w", off, length, io.ErrUnexpectedEOF)
+		}
+		meta := make([]byte, length)
+		if _, err := fh.ReadAt(meta, off+head); err != nil {
+			return 0, err
+		}
+		m, err := checkMessage(meta)
+		if err != nil {
+			return 0, fmt.Errorf("message at byte %d: %v", off, err)
+		}
+		off += head + int64(length)
+		if m.bodyLength > size-off {
+			return 0, fmt.Errorf("message at byte %d: body of %d bytes beyond the end: %w", off, m.bodyLength, io.ErrUnexpectedEOF)
+		}
+		off += m.bodyLength
+		rows += m.rows
+	}
+	return rows, nil // streams may end without the marker
 }
 
 // arrowType names a type in the notation of Source.Schema: large and small
@@ -112,7 +171,11 @@ func arrowType(t arrow.DataType) string {
 // arrowBatches calls fn with each record batch of the file, released after fn.
 func arrowBatches(sf *sourceFile, fh *os.File, fn func(arrow.RecordBatch) error) error {
 	if sf.stream {
-		r, err := ipc.NewReader(fh, ipcLimits(fh)...)
+		st, err := fh.Stat()
+		if err != nil {
+			return fmt.Errorf("data: %s: %v", sf.path, err)
+		}
+		r, err := ipc.NewReader(&checkedStream{r: bufio.NewReaderSize(fh, 1<<16), size: st.Size()}, ipcLimits(fh)...)
 		if err != nil {
 			return fmt.Errorf("data: %s: not a readable Arrow IPC stream: %v", sf.path, err)
 		}
@@ -126,6 +189,13 @@ func arrowBatches(sf *sourceFile, fh *os.File, fn func(arrow.RecordBatch) error)
 			return fmt.Errorf("data: %s: Arrow IPC stream: %v", sf.path, err)
 		}
 		return nil
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		return fmt.Errorf("data: %s: %v", sf.path, err)
+	}
+	if _, err := checkIPCFile(fh, st.Size()); err != nil {
+		return fmt.Errorf("data: %s: corrupt Arrow IPC file: %v", sf.path, err)
 	}
 	r, err := ipc.NewFileReader(fh, ipcLimits(fh)...)
 	if err != nil {
@@ -177,7 +247,7 @@ func rowsArrow(sf *sourceFile, columns []string, fn func(RowRef, Row) error) (er
 				continue // arrow-go's validation rejects the buffer-less null arrays IPC carries
 			}
 			if err := array.ValidateFull(rec.Column(i)); err != nil {
-				return fmt.Errorf("data: %s: record batch %d, column %q: %v", sf.path, batch, schema.Field(i).Name, err)
+				return fmt.Errorf("data: %s: record batch %d, column %q: %s", sf.path, batch, schema.Field(i).Name, oneLine(err))
 			}
 		}
 		for i := 0; i < int(rec.NumRows()); i++ {
@@ -327,4 +397,406 @@ func hasNullType(t arrow.DataType) bool {
 		}
 	}
 	return false
+}
+
+// ---- metadata checks before arrow-go sees the bytes --------------------------
+//
+// arrow-go trusts the lengths inside the IPC flatbuffers: a corrupt children count
+// made it allocate 11 GB, and a field that lists itself as its own child would
+// recurse until the stack overflows. Both are fatal errors, which recover cannot
+// catch, so every metadata flatbuffer (stream messages, the file footer, the
+// file's batch messages) is walked here first: vectors must fit in the buffer,
+// nesting is bounded, and the total number of tables visited is bounded by the
+// buffer's size (so shared or cyclic references cannot blow up).
+
+type fbCheck struct {
+	buf    []byte
+	visits int
+}
+
+type fbTable struct{ pos, vt, vtSize, size uint64 }
+
+func (c *fbCheck) u32(p uint64) (uint64, error) {
+	if p+4 > uint64(len(c.buf)) {
+		return 0, fmt.Errorf("flatbuffer offset %d beyond %d bytes", p, len(c.buf))
+	}
+	return uint64(binary.LittleEndian.Uint32(c.buf[p:])), nil
+}
+
+func (c *fbCheck) table(pos uint64) (fbTable, error) {
+	c.visits++
+	if c.visits > len(c.buf)/4+16 {
+		return fbTable{}, errors.New("flatbuffer references more tables than its size allows")
+	}
+	so, err := c.u32(pos)
+	if err != nil {
+		return fbTable{}, err
+	}
+	vt := int64(pos) - int64(int32(uint32(so)))
+	if vt < 0 || uint64(vt)+4 > uint64(len(c.buf)) {
+		return fbTable{}, fmt.Errorf("flatbuffer vtable at %d out of range", vt)
+	}
+	t := fbTable{pos: pos, vt: uint64(vt)}
+	t.vtSize = uint64(binary.LittleEndian.Uint16(c.buf[vt:]))
+	t.size = uint64(binary.LittleEndian.Uint16(c.buf[vt+2:]))
+	if t.vtSize < 4 || t.vt+t.vtSize > uint64(len(c.buf)) || pos+t.size > uint64(len(c.buf)) {
+		return fbTable{}, fmt.Errorf("flatbuffer table at %d out of range", pos)
+	}
+	return t, nil
+}
+
+// field returns the position of field slot i of t (0: absent), checking that
+// width bytes fit inside the table.
+func (c *fbCheck) field(t fbTable, i int, width uint64) (uint64, error) {
+	at := 4 + 2*uint64(i)
+	if at+2 > t.vtSize {
+		return 0, nil
+	}
+	off := uint64(binary.LittleEndian.Uint16(c.buf[t.vt+at:]))
+	if off == 0 {
+		return 0, nil
+	}
+	if off+width > t.size {
+		return 0, fmt.Errorf("flatbuffer field %d beyond its table", i)
+	}
+	return t.pos + off, nil
+}
+
+// ref follows the offset stored in field i (0: absent).
+func (c *fbCheck) ref(t fbTable, i int) (uint64, error) {
+	p, err := c.field(t, i, 4)
+	if p == 0 || err != nil {
+		return 0, err
+	}
+	o, err := c.u32(p)
+	if err != nil {
+		return 0, err
+	}
+	if p+o >= uint64(len(c.buf)) {
+		return 0, fmt.Errorf("flatbuffer offset in field %d beyond %d bytes", i, len(c.buf))
+	}
+	return p + o, nil
+}
+
+// vector checks the vector in field i and returns its first element and length.
+func (c *fbCheck) vector(t fbTable, i int, elem uint64) (start, n uint64, err error) {
+	p, err := c.ref(t, i)
+	if p == 0 || err != nil {
+		return 0, 0, err
+	}
+	if n, err = c.u32(p); err != nil {
+		return 0, 0, err
+	}
+	if p+4+n*elem > uint64(len(c.buf)) {
+		return 0, 0, fmt.Errorf("flatbuffer vector of %d elements beyond %d bytes", n, len(c.buf))
+	}
+	return p + 4, n, nil
+}
+
+// tables calls fn with each table of the table vector in field i.
+func (c *fbCheck) tables(t fbTable, i int, fn func(fbTable) error) error {
+	start, n, err := c.vector(t, i, 4)
+	if err != nil {
+		return err
+	}
+	for j := uint64(0); j < n; j++ {
+		e := start + 4*j
+		o, _ := c.u32(e)
+		sub, err := c.table(e + o)
+		if err != nil {
+			return err
+		}
+		if err := fn(sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *fbCheck) sub(t fbTable, i int, fn func(fbTable) error) error {
+	p, err := c.ref(t, i)
+	if p == 0 || err != nil {
+		return err
+	}
+	s, err := c.table(p)
+	if err != nil {
+		return err
+	}
+	return fn(s)
+}
+
+func (c *fbCheck) keyValues(t fbTable, i int) error {
+	return c.tables(t, i, func(kv fbTable) error {
+		if _, _, err := c.vector(kv, 0, 1); err != nil {
+			return err
+		}
+		_, _, err := c.vector(kv, 1, 1)
+		return err
+	})
+}
+
+func (c *fbCheck) schema(s fbTable) error {
+	if err := c.tables(s, 1, func(f fbTable) error { return c.arrowField(f, 0) }); err != nil {
+		return err
+	}
+	if err := c.keyValues(s, 2); err != nil {
+		return err
+	}
+	_, _, err := c.vector(s, 3, 8)
+	return err
+}
+
+func (c *fbCheck) arrowField(f fbTable, depth int) error {
+	if depth > 64 {
+		return errors.New("schema nested deeper than 64 levels")
+	}
+	if _, _, err := c.vector(f, 0, 1); err != nil { // name
+		return err
+	}
+	typ := byte(0)
+	if p, err := c.field(f, 2, 1); err != nil {
+		return err
+	} else if p != 0 {
+		typ = c.buf[p]
+	}
+	if err := c.sub(f, 3, func(ty fbTable) error {
+		if typ == 14 { // Union: typeIds
+			_, _, err := c.vector(ty, 1, 4)
+			return err
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := c.sub(f, 4, func(d fbTable) error { return c.sub(d, 1, func(fbTable) error { return nil }) }); err != nil {
+		return err
+	}
+	if err := c.tables(f, 5, func(ch fbTable) error { return c.arrowField(ch, depth+1) }); err != nil {
+		return err
+	}
+	return c.keyValues(f, 6)
+}
+
+func (c *fbCheck) recordBatch(rb fbTable) (rows int64, err error) {
+	if p, err := c.field(rb, 0, 8); err != nil {
+		return 0, err
+	} else if p != 0 {
+		rows = int64(binary.LittleEndian.Uint64(c.buf[p:]))
+	}
+	for i, w := range []uint64{1: 16, 2: 16, 4: 8} {
+		if w > 0 {
+			if _, _, err := c.vector(rb, i, w); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := c.sub(rb, 3, func(fbTable) error { return nil }); err != nil {
+		return 0, err
+	}
+	if rows < 0 {
+		return 0, fmt.Errorf("record batch of %d rows", rows)
+	}
+	return rows, nil
+}
+
+// ipcMessage is what checkMessage learned from one message's metadata.
+type ipcMessage struct {
+	header     byte  // 1 schema, 2 dictionary batch, 3 record batch
+	bodyLength int64 // bytes after the metadata
+	rows       int64 // record batches: their length
+}
+
+// checkMessage verifies a Message flatbuffer (without the 8-byte prefix).
+func checkMessage(b []byte) (m ipcMessage, err error) {
+	c := &fbCheck{buf: b}
+	root, err := c.u32(0)
+	if err != nil {
+		return m, err
+	}
+	t, err := c.table(root)
+	if err != nil {
+		return m, err
+	}
+	if p, err := c.field(t, 1, 1); err != nil {
+		return m, err
+	} else if p != 0 {
+		m.header = b[p]
+	}
+	if p, err := c.field(t, 3, 8); err != nil {
+		return m, err
+	} else if p != 0 {
+		m.bodyLength = int64(binary.LittleEndian.Uint64(b[p:]))
+	}
+	if m.bodyLength < 0 {
+		return m, fmt.Errorf("message body length %d", m.bodyLength)
+	}
+	if err := c.keyValues(t, 4); err != nil {
+		return m, err
+	}
+	err = c.sub(t, 2, func(h fbTable) error {
+		switch m.header {
+		case 1:
+			return c.schema(h)
+		case 2:
+			return c.sub(h, 1, func(rb fbTable) error { _, err := c.recordBatch(rb); return err })
+		case 3:
+			var err error
+			m.rows, err = c.recordBatch(h)
+			return err
+		}
+		return nil
+	})
+	return m, err
+}
+
+// checkedStream hands an IPC stream to arrow-go message by message, each
+// message's metadata checked before it is passed on. It also counts rows.
+type checkedStream struct {
+	r        *bufio.Reader
+	size     int64 // file size: no metadata or body can be larger
+	pending  []byte
+	bodyLeft int64
+	rows     int64
+	done     bool
+}
+
+func (s *checkedStream) Read(p []byte) (int, error) {
+	for len(s.pending) == 0 && s.bodyLeft == 0 {
+		if s.done {
+			return 0, io.EOF
+		}
+		if err := s.nextMessage(); err != nil {
+			return 0, err
+		}
+	}
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	if int64(len(p)) > s.bodyLeft {
+		p = p[:s.bodyLeft]
+	}
+	n, err := s.r.Read(p)
+	s.bodyLeft -= int64(n)
+	if errors.Is(err, io.EOF) && s.bodyLeft > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// nextMessage reads one message's prefix and metadata into pending.
+func (s *checkedStream) nextMessage() error {
+	var pre [8]byte
+	n, err := io.ReadFull(s.r, pre[:4])
+	if n == 0 && errors.Is(err, io.EOF) {
+		s.done = true
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading message prefix: %w", io.ErrUnexpectedEOF)
+	}
+	head := 4
+	length := binary.LittleEndian.Uint32(pre[:4])
+	if length == 0xffffffff { // continuation marker, then the length
+		if _, err := io.ReadFull(s.r, pre[4:8]); err != nil {
+			return fmt.Errorf("reading message length: %w", io.ErrUnexpectedEOF)
+		}
+		head = 8
+		length = binary.LittleEndian.Uint32(pre[4:8])
+	}
+	if length == 0 { // end of stream
+		s.pending = append([]byte(nil), pre[:head]...)
+		s.done = true
+		return nil
+	}
+	if int64(length) > s.size {
+		return fmt.Errorf("message metadata of %d bytes in a %d-byte file", length, s.size)
+	}
+	buf := make([]byte, head+int(length))
+	copy(buf, pre[:head])
+	if _, err := io.ReadFull(s.r, buf[head:]); err != nil {
+		return fmt.Errorf("reading message metadata: %w", io.ErrUnexpectedEOF)
+	}
+	m, err := checkMessage(buf[head:])
+	if err != nil {
+		return err
+	}
+	if m.bodyLength > s.size {
+		return fmt.Errorf("message body of %d bytes in a %d-byte file", m.bodyLength, s.size)
+	}
+	s.rows += m.rows
+	s.pending, s.bodyLeft = buf, m.bodyLength
+	return nil
+}
+
+// checkIPCFile verifies the footer of an IPC file and the metadata of every block
+// it lists, and returns the number of rows.
+func checkIPCFile(fh *os.File, size int64) (int64, error) {
+	const magic = 6
+	if size < 2*magic+4 {
+		return 0, fmt.Errorf("%d bytes is too short for an Arrow IPC file", size)
+	}
+	var tail [10]byte
+	if _, err := fh.ReadAt(tail[:], size-10); err != nil {
+		return 0, err
+	}
+	if string(tail[4:]) != "ARROW1" {
+		return 0, errors.New("no ARROW1 magic at the end (truncated file?)")
+	}
+	flen := int64(int32(binary.LittleEndian.Uint32(tail[:4])))
+	if flen <= 0 || flen > size-10-8 {
+		return 0, fmt.Errorf("footer length %d in a %d-byte file", flen, size)
+	}
+	foot := make([]byte, flen)
+	if _, err := fh.ReadAt(foot, size-10-flen); err != nil {
+		return 0, err
+	}
+	c := &fbCheck{buf: foot}
+	root, err := c.u32(0)
+	if err != nil {
+		return 0, err
+	}
+	t, err := c.table(root)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.sub(t, 1, c.schema); err != nil {
+		return 0, err
+	}
+	if err := c.keyValues(t, 4); err != nil {
+		return 0, err
+	}
+	var rows int64
+	for _, slot := range []int{2, 3} {
+		start, n, err := c.vector(t, slot, 24)
+		if err != nil {
+			return 0, err
+		}
+		for j := uint64(0); j < n; j++ {
+			b := foot[start+24*j:]
+			off := int64(binary.LittleEndian.Uint64(b))
+			mlen := int64(int32(binary.LittleEndian.Uint32(b[8:])))
+			blen := int64(binary.LittleEndian.Uint64(b[16:]))
+			if off < 8 || mlen < 8 || blen < 0 || mlen > size || blen > size || off+mlen+blen > size {
+				return 0, fmt.Errorf("block %d: [%d, +%d, +%d) beyond the file's %d bytes", j, off, mlen, blen, size)
+			}
+			meta := make([]byte, mlen)
+			if _, err := fh.ReadAt(meta, off); err != nil {
+				return 0, err
+			}
+			skip := 4
+			if binary.LittleEndian.Uint32(meta) == 0xffffffff {
+				skip = 8
+			}
+			m, err := checkMessage(meta[skip:])
+			if err != nil {
+				return 0, fmt.Errorf("block %d: %v", j, err)
+			}
+			if slot == 3 {
+				rows += m.rows
+			}
+		}
+	}
+	return rows, nil
 }

@@ -91,6 +91,8 @@ var metadataFiles = map[string]bool{
 }
 
 // Source is a dataset made of one or more files of one schema, read row by row.
+// It holds no open files: each Rows call opens its own, so concurrent calls are
+// safe.
 type Source struct {
 	spec  string
 	files []*sourceFile
@@ -180,6 +182,8 @@ func unsupportedExt(path string) error {
 	return fmt.Errorf("data: %s: unsupported extension %s (supported: %s)", path, ext, strings.Join(SourceFormats(), ", "))
 }
 
+var splitDirs = map[string]bool{"train": true, "test": true, "validation": true, "valid": true, "dev": true, "eval": true}
+
 // splitShard matches the Hub's shard names: train-00000-of-00003.parquet.
 var splitShard = regexp.MustCompile(`^(.+)-\d{5}-of-\d{5}\.[a-z]+$`)
 
@@ -234,6 +238,17 @@ func expandDir(dir string) ([]string, error) {
 		if m := splitShard.FindStringSubmatch(filepath.Base(p)); m != nil {
 			splits[m[1]] = true
 		}
+	}
+	// The Hub's parquet conversion lays splits out as folders: default/train/0000.parquet.
+	dirSplits := map[string]bool{}
+	for _, p := range files {
+		if d := filepath.Base(filepath.Dir(p)); splitDirs[strings.ToLower(d)] && filepath.Dir(p) != filepath.Clean(dir) {
+			dirSplits[d] = true
+		}
+	}
+	if len(dirSplits) > 1 {
+		names := slices.Sorted(mapKeys(dirSplits))
+		return nil, fmt.Errorf("data: %s: holds several splits (%s): open one folder, e.g. %s", dir, strings.Join(names, ", "), filepath.Join(dir, names[len(names)-1]))
 	}
 	if len(splits) > 1 {
 		names := slices.Sorted(mapKeys(splits))
@@ -429,9 +444,9 @@ func (s *Source) Schema() string {
 	return strings.Join(parts, ", ")
 }
 
-// NumRows is the total row count when every file's metadata gives it (Parquet
-// footers, Arrow IPC files); false when a file must be read to count (JSON, text,
-// Arrow streams).
+// NumRows is the total row count when every file's metadata gives it: Parquet
+// footers, and Arrow IPC message headers (Open walks them, skipping the bodies).
+// JSON and text files must be read to count: false.
 func (s *Source) NumRows() (int64, bool) {
 	var n int64
 	for _, f := range s.files {
@@ -510,8 +525,18 @@ func guard(path, what string, inFn *bool, err *error) {
 		if *inFn {
 			panic(r)
 		}
-		*err = fmt.Errorf("data: %s: corrupt %s file: %v", path, what, r)
+		*err = fmt.Errorf("data: %s: corrupt %s file: %s", path, what, oneLine(r))
 	}
+}
+
+// oneLine keeps a library's message (which may quote file contents) to one
+// short line.
+func oneLine(v any) string {
+	s := strings.ReplaceAll(fmt.Sprint(v), "\n", `\n`)
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
 }
 
 // project returns the row restricted to columns (nil: all).

@@ -2,6 +2,7 @@ package data
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -210,8 +211,8 @@ func TestOpenFixtures(t *testing.T) {
 		{name: "alpaca", spec: "alpaca.parquet", want: "alpaca.want.json", files: []string{"alpaca.parquet"},
 			schema: "instruction: string, input: string, output: string", numRows: 3},
 		{name: "types", spec: "types.parquet", want: "types.want.json", files: []string{"types.parquet"}, numRows: 3},
-		{name: "save_to_disk stream", spec: "save_to_disk", want: "save_to_disk.want.json", files: []string{"save_to_disk/data-00000-of-00001.arrow"}, numRows: -1},
-		{name: "ipc file", spec: "file_format.arrow", want: "file_format.want.json", files: []string{"file_format.arrow"}, numRows: -1},
+		{name: "save_to_disk stream", spec: "save_to_disk", want: "save_to_disk.want.json", files: []string{"save_to_disk/data-00000-of-00001.arrow"}, numRows: 9},
+		{name: "ipc file", spec: "file_format.arrow", want: "file_format.want.json", files: []string{"file_format.arrow"}, numRows: 4},
 		{name: "jsonl", spec: "json/chat.jsonl", want: "json.want.json", files: []string{"json/chat.jsonl"},
 			schema: "messages: list<struct<content: string, role: string>>, n: int64, x: float64, ok: bool, meta: struct<k: list<int64>>", numRows: -1, lines: true},
 		{name: "json list", spec: "json/chat.json", want: "json.want.json", files: []string{"json/chat.json"}, numRows: -1},
@@ -395,6 +396,9 @@ func TestSourceErrors(t *testing.T) {
 	fewer := filepath.Join(dir, "fewer")
 	copyFile(t, filepath.Join(srcDir, "alpaca.parquet"), filepath.Join(fewer, "a.parquet"))
 	copyFile(t, filepath.Join(srcDir, "sharegpt/sharegpt.parquet"), filepath.Join(fewer, "b.parquet"))
+	conv := filepath.Join(dir, "default")
+	copyFile(t, filepath.Join(srcDir, "alpaca.parquet"), filepath.Join(conv, "train/0000.parquet"))
+	copyFile(t, filepath.Join(srcDir, "alpaca.parquet"), filepath.Join(conv, "test/0000.parquet"))
 	dd := filepath.Join(dir, "dd")
 	copyFile(t, filepath.Join(srcDir, "save_to_disk/data-00000-of-00001.arrow"), filepath.Join(dd, "train/data-00000-of-00001.arrow"))
 	w("dd/dataset_dict.json", []byte(`{"splits": ["train"]}`))
@@ -426,6 +430,7 @@ func TestSourceErrors(t *testing.T) {
 		{"schemas disagree", mixed, nil, []string{"train-00001-of-00002.parquet", "schema differs from", "train-00000-of-00002.parquet", `column "id" is string, want int64`}},
 		{"shard lacks column", fewer, nil, []string{"b.parquet", "schema differs", `no column "instruction"`}},
 		{"several splits", filepath.Join(srcDir, "hub"), nil, []string{"several splits (test, train)", "train-*.parquet"}},
+		{"split folders", conv, nil, []string{"several splits (test, train)", filepath.Join(conv, "train")}},
 		{"dataset dict", dd, nil, []string{"DatasetDict", "splits train", filepath.Join(dd, "train")}},
 		{"jsonl line not an object", w("l.jsonl", []byte("{\"a\":1}\n\n[1,2]\n")), nil, []string{"l.jsonl line 3", "want a JSON object, found a list"}},
 		{"jsonl bad json", w("b.jsonl", []byte("{\"a\":1}\n{\"a\":\n")), nil, []string{"b.jsonl line 2"}},
@@ -578,6 +583,7 @@ func TestParquetMemoryBounded(t *testing.T) {
 	st, _ := os.Stat(path)
 	src := mustOpen(t, path)
 	runtime.GC()
+	runtime.GC() // twice: sync.Pool buffers left by the writer survive one cycle
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	base := ms.HeapAlloc
@@ -597,7 +603,7 @@ func TestParquetMemoryBounded(t *testing.T) {
 	if count != n {
 		t.Fatalf("got %d rows, want %d", count, n)
 	}
-	t.Logf("file %.1f MB, live heap growth while reading %.2f MB", float64(st.Size())/1e6, float64(peak)/1e6)
+	t.Logf("file %.1f MB, live heap growth while reading %.3f MB", float64(st.Size())/1e6, float64(peak)/1e6)
 	if peak > uint64(st.Size())/4 {
 		t.Errorf("live heap grew by %d bytes reading a %d-byte file", peak, st.Size())
 	}
@@ -644,4 +650,54 @@ func benchSource(b *testing.B, path string, n int) {
 		}
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// TestArrowCorruptSchema patches the schema of the stream fixture the ways the
+// fuzzer broke arrow-go before the metadata checks: a children count of 2^31 (an
+// 11 GB allocation, fatal) and a child offset that wraps around (flatbuffers
+// offsets are 32-bit) to point back at the field itself, which arrow-go would
+// follow until the stack overflows. Both must be plain errors.
+func TestArrowCorruptSchema(t *testing.T) {
+	stream := readFixture(t, "save_to_disk/data-00000-of-00001.arrow")
+	// Find the children vector of the first field that has one: message ->
+	// header (schema) -> fields -> field -> children.
+	meta := stream[8:]
+	c := &fbCheck{buf: meta}
+	root, _ := c.u32(0)
+	msg, err := c.table(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, _ := c.ref(msg, 2)
+	schema, err := c.table(hp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lenAt, elemAt uint64
+	var fieldPos uint64
+	if err := c.tables(schema, 1, func(f fbTable) error {
+		if p, _ := c.ref(f, 5); p != 0 && lenAt == 0 {
+			if n, _ := c.u32(p); n > 0 {
+				lenAt, elemAt, fieldPos = p, p+4, f.pos
+			}
+		}
+		return nil
+	}); err != nil || lenAt == 0 {
+		t.Fatalf("no field with children in the fixture (%v)", err)
+	}
+	dir := t.TempDir()
+	huge := slices.Clone(stream)
+	binary.LittleEndian.PutUint32(huge[8+lenAt:], 1<<31)
+	cyclic := slices.Clone(stream)
+	binary.LittleEndian.PutUint32(cyclic[8+elemAt:], uint32(fieldPos-elemAt))
+	for name, b := range map[string][]byte{"huge.arrow": huge, "cyclic.arrow": cyclic} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(p)
+		if err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "corrupt Arrow IPC stream") {
+			t.Errorf("%s: got %v, want a corrupt-stream error", name, err)
+		}
+	}
 }

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"github.com/tunellm/tune/model/safetensors"
+	"github.com/tunellm/tune/quantize/gguf"
 )
 
 // InspectOptions are the inputs of `tune inspect`.
@@ -26,13 +29,15 @@ func newCmdInspect(f *Factory, runF func(*InspectOptions) error) *cobra.Command 
 		Use:   "inspect PATH",
 		Short: "Show what a model folder, safetensors file or adapter folder holds",
 		Long: `Inspect reads a Hugging Face model folder (config.json plus model.safetensors or a
-sharded model.safetensors.index.json), a single .safetensors file, or a PEFT adapter
-folder (adapter_config.json plus adapter_model.safetensors), and prints the
+sharded model.safetensors.index.json), a single .safetensors file, a PEFT adapter
+folder (adapter_config.json plus adapter_model.safetensors) or a GGUF file (its
+metadata too), and prints the
 architecture, dtypes, parameter count, every tensor (name, dtype, shape, bytes) and the
 total size. Nothing is loaded beyond the headers: it is instant even for 8B models.`,
 		Example: `  tune inspect ./Qwen3-8B
   tune inspect ./Qwen3-8B/model-00001-of-00005.safetensors
-  tune inspect ./out/legal-adapter --json | jq .parameters`,
+  tune inspect ./out/legal-adapter --json | jq .parameters
+  tune inspect ./qwen3-8b-q4_k_m.gguf`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Path = args[0]
@@ -79,8 +84,11 @@ func inspectRun(opts *InspectOptions) error {
 	}
 	w := opts.IO.Out
 	fmt.Fprintf(w, "path:         %s (%s)\n", rep.Path, rep.Kind)
-	if rep.Architecture != "" || rep.ModelType != "" {
+	switch {
+	case rep.ModelType != "":
 		fmt.Fprintf(w, "architecture: %s (model_type %s)\n", rep.Architecture, rep.ModelType)
+	case rep.Architecture != "":
+		fmt.Fprintf(w, "architecture: %s\n", rep.Architecture)
 	}
 	if rep.Adapter != nil {
 		for _, k := range []string{"peft_type", "base_model_name_or_path", "r", "lora_alpha", "target_modules"} {
@@ -90,6 +98,21 @@ func inspectRun(opts *InspectOptions) error {
 		}
 	}
 	fmt.Fprintf(w, "files:        %s\n", strings.Join(rep.Files, ", "))
+	if rep.Kind == "gguf" {
+		keys := make([]string, 0, len(rep.Metadata))
+		for k := range rep.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintln(w, "metadata:")
+		for _, k := range keys {
+			v := rep.Metadata[k]
+			if strings.ContainsAny(v, "\n\r\t") {
+				v = strconv.Quote(v)
+			}
+			fmt.Fprintf(w, "  %s = %s\n", k, v)
+		}
+	}
 	var dts []string
 	for dt, n := range rep.DTypes {
 		dts = append(dts, fmt.Sprintf("%s %s", dt, humanCount(n)))
@@ -111,6 +134,9 @@ func inspectPath(path string) (*inspectReport, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	if !st.IsDir() && strings.EqualFold(filepath.Ext(path), ".gguf") {
+		return inspectGGUF(path)
 	}
 	rep := &inspectReport{Path: path, Kind: "safetensors", DTypes: map[string]int64{}}
 	weights := path
@@ -161,6 +187,51 @@ func inspectPath(path string) (*inspectReport, error) {
 		rep.Tensors = []inspectTensor{}
 	}
 	return rep, nil
+}
+
+// inspectGGUF reports a GGUF file: its metadata (arrays summarised by length) and
+// tensor table, with llama.cpp's tensor type names.
+func inspectGGUF(path string) (*inspectReport, error) {
+	f, err := gguf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rep := &inspectReport{Path: path, Kind: "gguf", Files: []string{filepath.Base(path)}, DTypes: map[string]int64{}, Metadata: map[string]string{}}
+	for _, kv := range f.KVs {
+		rep.Metadata[kv.Key] = ggufValueString(kv.Value)
+	}
+	if a, ok := f.Value("general.architecture"); ok {
+		rep.Architecture = fmt.Sprint(a)
+	}
+	for _, t := range f.Tensors {
+		n := int64(1)
+		for _, d := range t.Shape {
+			n *= int64(d)
+		}
+		rep.Tensors = append(rep.Tensors, inspectTensor{Name: t.Name, DType: t.Type.String(), Shape: t.Shape, Bytes: t.Size})
+		rep.DTypes[t.Type.String()] += n
+		rep.Parameters += n
+		rep.TotalBytes += t.Size
+	}
+	if rep.Tensors == nil {
+		rep.Tensors = []inspectTensor{}
+	}
+	return rep, nil
+}
+
+func ggufValueString(v any) string {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Slice {
+		if rv.Len() <= 8 {
+			return fmt.Sprint(v)
+		}
+		return fmt.Sprintf("[%d items: %v %v %v ...]", rv.Len(), rv.Index(0), rv.Index(1), rv.Index(2))
+	}
+	if s, ok := v.(string); ok && len(s) > 120 {
+		return fmt.Sprintf("%s... (%d bytes)", s[:120], len(s))
+	}
+	return fmt.Sprint(v)
 }
 
 func humanCount(n int64) string {

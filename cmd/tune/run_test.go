@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tunellm/tune/quantize"
 	"github.com/tunellm/tune/tokenizer"
 )
 
@@ -296,5 +297,36 @@ func TestDataStats(t *testing.T) {
 	}
 	if st.Tokens == 0 || st.TrainedTokens == 0 || st.Truncated == 0 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// inspect reads a GGUF written by quantize.ExportGGUF from a reference checkpoint.
+func TestInspectGGUF(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.gguf")
+	if err := quantize.ExportGGUF(modelDir("qwen3-tied"), path, "f32"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "", "inspect", path, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep inspectReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Kind != "gguf" || rep.Architecture != "qwen3" || rep.Metadata["qwen3.block_count"] != "2" {
+		t.Errorf("kind %q arch %q block_count %q", rep.Kind, rep.Architecture, rep.Metadata["qwen3.block_count"])
+	}
+	// Same parameters as the safetensors folder (tied: no output.weight either way).
+	st, _, err := runCLI(t, "", "inspect", modelDir("qwen3-tied"), "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srep inspectReport
+	if err := json.Unmarshal([]byte(st), &srep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Parameters != srep.Parameters || len(rep.Tensors) != len(srep.Tensors) {
+		t.Errorf("gguf: %d parameters in %d tensors; safetensors: %d in %d", rep.Parameters, len(rep.Tensors), srep.Parameters, len(srep.Tensors))
 	}
 }
