@@ -8,8 +8,8 @@ import (
 )
 
 // Backend runs the ops. Arguments follow llm.c's order: outputs first, then
-// inputs, then weights, then dimensions. Every output is overwritten, never
-// accumulated into (backward ops, when they arrive, state their convention).
+// inputs, then weights, then dimensions. Every forward output is overwritten,
+// never accumulated into; backward ops state their convention.
 // Slices may be longer than the dimensions need; a slice that is too short or a
 // dimension that does not fit is a programmer error and panics: callers such as
 // the model validate shapes once, at load time.
@@ -65,6 +65,48 @@ type Backend interface {
 	// LogSoftmaxNLLForward: nll[n] = -log softmax(logits[n,:])[targets[n]],
 	// stable (max-subtracted) with float64 accumulation.
 	LogSoftmaxNLLForward(nll []float64 /*[N]*/, logits []float32 /*[N,V]*/, targets []int /*[N]*/, N, V int)
+
+	// Backward ops (training). Arguments follow llm.c's backward order: input
+	// grads, weight grads, dout, then the saved forward tensors, weights and
+	// dimensions. Which outputs accumulate (+=) and which overwrite is stated per
+	// op: grads that several paths feed (the residual stream, a linear layer's
+	// input, every weight grad) accumulate; the others overwrite.
+
+	// EmbeddingBackward differentiates out[t,:] = table[tokens[t],:]:
+	// dtable[tokens[t],c] += dout[t,c], summed over t in ascending order.
+	EmbeddingBackward(dtable []float32 /*[V,C]*/, dout []float32 /*[T,C]*/, tokens []int /*[T]*/, C int)
+
+	// MatMulBackward differentiates out[t,o] = sum_c in[t,c]*w[o,c] + bias[o]:
+	// din[t,c] += sum_o dout[t,o]*w[o,c]; dw[o,c] += sum_t dout[t,o]*in[t,c];
+	// dbias[o] += sum_t dout[t,o]. A nil din, dw or dbias is skipped, so frozen
+	// (bf16/f16) weights get no grad and no fp32 copy.
+	MatMulBackward(din []float32 /*[T,C] or nil*/, dw []float32 /*[OC,C] or nil*/, dbias []float32 /*[OC] or nil*/, dout []float32 /*[T,OC]*/, in []float32 /*[T,C]*/, w Weight /*[OC,C]*/, T int)
+
+	// RMSNormBackward differentiates out = x * r * w, r = rsqrt(mean(x²)+eps):
+	// din += r*(w⊙dout) - x*r³/C*sum(w⊙dout⊙x) and dw += sum_n dout⊙x*r
+	// (dw nil: frozen). in is the forward's input; r is recomputed from it.
+	RMSNormBackward(din []float32 /*[N,C]*/, dw []float32 /*[C] or nil*/, dout, in []float32 /*[N,C]*/, w []float32 /*[C]*/, eps float64, N, C int)
+
+	// RoPEBackward is the inverse rotation of RoPEForward, in place on the grad
+	// (the rotation is orthogonal): with a=dx[i], b=dx[i+HD/2]:
+	// dx[i] = a*cos + b*sin; dx[i+HD/2] = b*cos - a*sin.
+	RoPEBackward(dx []float32 /*[T,NH,HD]*/, cos, sin []float32 /*[T,HD/2]*/, T, NH, HD int)
+
+	// PackedAttentionBackward differentiates PackedAttentionForward given the
+	// saved (post-RoPE) q, k, v; dq, dk, dv are overwritten. The softmax is
+	// recomputed from q and k (each row's log-sum-exp first, then the
+	// probabilities), as flash-attention's backward does, so no T×T matrix is
+	// ever kept.
+	PackedAttentionBackward(dq []float32 /*[T,NH*HD]*/, dk, dv []float32 /*[T,KVH*HD]*/, dout, q []float32 /*[T,NH*HD]*/, k, v []float32 /*[T,KVH*HD]*/, segStart []int /*[T]*/, T, NH, KVH, HD, window int)
+
+	// SwiGLUBackward differentiates out = silu(gate)*up: dgate = dout*up*silu'(gate),
+	// dup = dout*silu(gate), overwritten; dgate or dup may alias dout.
+	SwiGLUBackward(dgate, dup, dout, gate, up []float32 /*[N]*/)
+
+	// LogSoftmaxNLLBackward differentiates dloss * sum_n nll[n]:
+	// dlogits[n,:] = dloss*(softmax(logits[n,:]) - onehot(targets[n])),
+	// overwritten; dlogits may alias logits.
+	LogSoftmaxNLLBackward(dlogits, logits []float32 /*[N,V]*/, targets []int /*[N]*/, dloss float32, N, V int)
 }
 
 var (

@@ -77,6 +77,7 @@ One static binary, no Python.`,
 		newCmdGenerate(f, nil),
 		newCmdEval(f),
 		newCmdData(f),
+		newCmdLoRA(f, nil), newCmdMerge(f, nil),
 	)
 	return root
 }

@@ -11,6 +11,12 @@
 // micro-kernel runs it, so a KV-cache step equals a full pass bit for bit). Kernels do not allocate in steady state: per-worker scratch grows
 // on first use and is reused.
 //
+// Backward ops follow llm.c's convention: weight grads and the grads of inputs
+// that several paths feed (a linear layer's input, the residual stream through
+// RMSNorm) accumulate (+=); attention, RoPE, SwiGLU and the loss overwrite.
+// Weight-grad reductions over T run in ascending t inside one goroutine per
+// output element, so grads are as deterministic as the forward.
+//
 // Importing the package registers the backend as "cpu".
 package cpu
 
@@ -40,6 +46,19 @@ type Backend struct {
 	ew   elementwiseTask
 	sm   softmaxTask
 	nll  nllTask
+
+	embB  embeddingBackTask
+	mmB   matmulBackTask
+	normB rmsnormBackTask
+	attB  attentionBackTask
+	swB   swigluBackTask
+	nllB  nllBackTask
+
+	// Backward scratch, grown on first use: per-row 1/rms (RMSNormBackward),
+	// per-(row, head) log-sum-exp and dout·out (PackedAttentionBackward).
+	rstd, lse, dsum []float32
+	// MatMulBackward's transposed dout and input ([OC,T], [C,T]) for dW.
+	doutT, inT []float32
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -69,5 +88,13 @@ func (b *Backend) Supports() map[kernels.Op]bool {
 		kernels.OpSoftmax:       true,
 		kernels.OpAdd:           true,
 		kernels.OpLogSoftmaxNLL: true,
+
+		kernels.OpEmbeddingBack:     true,
+		kernels.OpMatMulBack:        true,
+		kernels.OpRMSNormBack:       true,
+		kernels.OpRoPEBack:          true,
+		kernels.OpAttentionBack:     true,
+		kernels.OpSwiGLUBack:        true,
+		kernels.OpLogSoftmaxNLLBack: true,
 	}
 }

@@ -440,13 +440,13 @@ func TestRegistered(t *testing.T) {
 		t.Fatal(err)
 	}
 	sup := be.Supports()
-	for _, op := range []kernels.Op{kernels.OpMatMul, kernels.OpAttention, kernels.OpRMSNorm} {
+	for _, op := range []kernels.Op{kernels.OpMatMul, kernels.OpAttention, kernels.OpRMSNorm, kernels.OpMatMulBack, kernels.OpAttentionBack} {
 		if !sup[op] {
 			t.Errorf("cpu does not declare %v", op)
 		}
 	}
-	if sup[kernels.OpMatMulBack] {
-		t.Errorf("cpu declares %v, which it does not implement", kernels.OpMatMulBack)
+	if sup[kernels.OpSoftmaxBack] {
+		t.Errorf("cpu declares %v, which it does not implement", kernels.OpSoftmaxBack)
 	}
 }
 

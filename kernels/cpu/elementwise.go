@@ -55,3 +55,38 @@ func (e *elementwiseTask) run(_ *worker, chunk int) {
 		}
 	}
 }
+
+type swigluBackTask struct {
+	dgate, dup, dout, gate, up []float32
+}
+
+// SwiGLUBackward differentiates out = silu(g)*u with silu(g) = g*σ(g):
+//
+//	dgate = dout * u * σ(g)*(1 + g*(1-σ(g)))
+//	dup   = dout * silu(g)
+//
+// Both overwrite; either may alias dout (each element is read before written).
+func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up []float32) {
+	n := len(dout)
+	need("swiglu_back", "dgate", len(dgate), n)
+	need("swiglu_back", "dup", len(dup), n)
+	need("swiglu_back", "gate", len(gate), n)
+	need("swiglu_back", "up", len(up), n)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := &b.swB
+	*e = swigluBackTask{dgate: dgate[:n], dup: dup[:n], dout: dout, gate: gate[:n], up: up[:n]}
+	b.pool.do(e, (n+elementwiseChunk-1)/elementwiseChunk)
+	*e = swigluBackTask{}
+}
+
+func (e *swigluBackTask) run(_ *worker, chunk int) {
+	lo := chunk * elementwiseChunk
+	hi := min(lo+elementwiseChunk, len(e.dout))
+	for i := lo; i < hi; i++ {
+		g, u, d := e.gate[i], e.up[i], e.dout[i]
+		sg := 1 / (1 + float32(math.Exp(float64(-g))))
+		e.dgate[i] = d * u * sg * (1 + g*(1-sg))
+		e.dup[i] = d * g * sg
+	}
+}

@@ -13,8 +13,19 @@ type task interface {
 
 // worker owns scratch buffers reused across calls.
 type worker struct {
-	wbuf   []float32 // converted weight tile
-	scores []float32 // attention scores
+	wbuf    []float32 // converted weight tile
+	scores  []float32 // attention scores
+	scores2 []float32 // attention backward: dout·v per key
+	row     []float32 // matmul backward: one converted weight row segment
+	acc     []float32 // attention backward: dk, dv accumulators
+}
+
+// grow returns (*buf)[:n], reallocating when too small.
+func grow(buf *[]float32, n int) []float32 {
+	if cap(*buf) < n {
+		*buf = make([]float32, n)
+	}
+	return (*buf)[:n]
 }
 
 func (w *worker) tile(n int) []float32 {

@@ -80,3 +80,52 @@ func (s *nllTask) run(_ *worker, n int) {
 	}
 	s.nll[n] = mx + math.Log(sum) - float64(x[s.targets[n]])
 }
+
+type nllBackTask struct {
+	dlogits, logits []float32
+	targets         []int
+	dloss           float32
+	V               int
+}
+
+// LogSoftmaxNLLBackward differentiates dloss * sum_n nll[n] (LogSoftmaxNLLForward):
+//
+//	dlogits[n,v] = dloss * (softmax(logits[n,:])[v] - [v == targets[n]])
+//
+// overwritten, with the same max-subtracted float64 sum as the forward.
+// dlogits may alias logits.
+func (b *Backend) LogSoftmaxNLLBackward(dlogits, logits []float32, targets []int, dloss float32, N, V int) {
+	need("log_softmax_nll_back", "dlogits", len(dlogits), N*V)
+	need("log_softmax_nll_back", "logits", len(logits), N*V)
+	need("log_softmax_nll_back", "targets", len(targets), N)
+	for i, id := range targets[:N] {
+		if id < 0 || id >= V {
+			panic(fmt.Sprintf("cpu: log_softmax_nll_back: targets[%d] = %d outside [0,%d)", i, id, V))
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &b.nllB
+	*s = nllBackTask{dlogits: dlogits, logits: logits, targets: targets, dloss: dloss, V: V}
+	b.pool.do(s, N)
+	*s = nllBackTask{}
+}
+
+func (s *nllBackTask) run(_ *worker, n int) {
+	x := s.logits[n*s.V : (n+1)*s.V]
+	d := s.dlogits[n*s.V : (n+1)*s.V]
+	d = d[:len(x)]
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = max(mx, float64(v))
+	}
+	var sum float64
+	for _, v := range x {
+		sum += math.Exp(float64(v) - mx)
+	}
+	inv := 1 / sum
+	for i, v := range x {
+		d[i] = s.dloss * float32(math.Exp(float64(v)-mx)*inv)
+	}
+	d[s.targets[n]] -= s.dloss
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/recipes"
+	"github.com/tunellm/tune/train"
+)
+
+// LoRAOptions are the inputs of `tune lora`.
+type LoRAOptions struct {
+	IO     *IOStreams
+	Recipe string
+	Set    []string
+	Resume bool
+	Force  bool
+	DryRun bool
+	JSON   bool
+}
+
+func newCmdLoRA(f *Factory, runF func(*LoRAOptions) error) *cobra.Command {
+	opts := &LoRAOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "lora --recipe FILE [--set key=value ...]",
+		Short: "Fine-tune a LoRA adapter from a YAML recipe",
+		Long: `LoRA trains a low-rank adapter on the linear layers of a Hugging Face model, as PEFT
+does, from a recipe: a YAML file of sections model, dataset, lora, train and output.
+--set key=value overrides one key (typed by the key; lists as [a,b]).
+
+The run folder (output.dir) receives metrics.jsonl (one JSON line per step and per
+validation), checkpoints/step-N/ (every train.save_every steps, and on Ctrl-C), and the
+final PEFT adapter in adapter/. An interrupted run continues with --resume, and ends
+bit-identical to one that was never interrupted.
+
+Recipe keys (relative paths are relative to the recipe's folder):
+
+` + indent(recipes.Explain(), "  "),
+		Example: `  tune lora --recipe recipes/legal.yaml
+  tune lora --recipe recipes/legal.yaml --dry-run
+  tune lora --recipe recipes/legal.yaml --set train.lr=1e-4 --set lora.r=32
+  tune lora --recipe recipes/legal.yaml --resume`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.Recipe == "" {
+				return flagErrorf("--recipe is required: a YAML recipe (see recipes/legal.yaml)")
+			}
+			if opts.Resume && opts.Force {
+				return flagErrorf("--resume and --force exclude each other: continue the run, or start over")
+			}
+			for _, s := range opts.Set {
+				if !strings.Contains(s, "=") {
+					return flagErrorf("--set %s: want key=value (for example train.lr=1e-4)", s)
+				}
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return loraRun(opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Recipe, "recipe", "", "YAML recipe")
+	fl.StringArrayVar(&opts.Set, "set", nil, "override a recipe key: --set train.lr=1e-4 (repeatable)")
+	fl.BoolVar(&opts.Resume, "resume", false, "continue the run in output.dir from its last checkpoint")
+	fl.BoolVar(&opts.Force, "force", false, "start over in an output.dir that holds another run (deletes its checkpoints, metrics and adapter)")
+	fl.BoolVar(&opts.DryRun, "dry-run", false, "print the resolved recipe, token and step counts and a memory estimate; train nothing")
+	fl.BoolVar(&opts.JSON, "json", false, "print the summary (or the dry run) as JSON")
+	return cmd
+}
+
+func indent(s, pre string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = pre + l
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func loraRun(opts *LoRAOptions) error {
+	r, err := recipes.Load(opts.Recipe, opts.Set)
+	if err != nil {
+		return err
+	}
+	var bar *progressbar.ProgressBar
+	dataProgress := func(done, total int64) {}
+	if opts.IO.ErrTTY && !opts.JSON {
+		dataProgress = func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(opts.IO.ErrOut),
+					progressbar.OptionSetDescription("tokenizing"), progressbar.OptionShowCount(),
+					progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
+			}
+			bar.Set64(done)
+		}
+	}
+	job, err := recipes.Setup(r, recipes.SetupOptions{DataProgress: dataProgress, DryRun: opts.DryRun})
+	if bar != nil {
+		bar.Finish()
+		bar = nil
+	}
+	if err != nil {
+		return err
+	}
+	defer job.Close()
+	plan := job.Plan()
+	if opts.DryRun {
+		if opts.JSON {
+			return json.NewEncoder(opts.IO.Out).Encode(plan)
+		}
+		fmt.Fprintf(opts.IO.Out, "# resolved recipe %s\n%s\n", opts.Recipe, r.YAML())
+		printPlan(opts.IO, plan)
+		return nil
+	}
+	if !opts.JSON {
+		printPlan(opts.IO, plan)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// After the first signal the default action returns: a second Ctrl-C
+	// ends the process at once (checkpoints are atomic, so that is safe).
+	context.AfterFunc(ctx, stop)
+	if opts.IO.ErrTTY && !opts.JSON {
+		bar = progressbar.NewOptions(plan.TotalSteps,
+			progressbar.OptionSetWriter(opts.IO.ErrOut),
+			progressbar.OptionSetDescription("training"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionThrottle(200_000_000),
+		)
+	}
+	progress := func(e train.Event) {
+		switch {
+		case e.Train != nil && bar != nil:
+			bar.Describe(fmt.Sprintf("step %d/%d loss %.4f lr %.2e %.0f tok/s", e.Step, e.TotalSteps, e.Train.Loss, e.Train.LR, e.Train.TokensPerS))
+			bar.Set(e.Step)
+		case e.Eval != nil && !opts.JSON:
+			if bar != nil {
+				bar.Clear()
+			}
+			fmt.Fprintf(opts.IO.ErrOut, "step %d: validation loss %.4f (ppl %.3f, %d tokens)\n", e.Eval.Step, e.Eval.EvalLoss, e.Eval.EvalPPL, e.Eval.EvalTokens)
+		case e.Train != nil && !opts.JSON && !opts.IO.ErrTTY && (e.Step == 1 || e.Step%10 == 0 || e.Step == e.TotalSteps):
+			fmt.Fprintf(opts.IO.ErrOut, "step %d/%d: loss %.4f, grad norm %.3f, lr %.3g, %.0f tok/s\n",
+				e.Step, e.TotalSteps, e.Train.Loss, e.Train.GradNorm, e.Train.LR, e.Train.TokensPerS)
+		}
+	}
+	res, err := job.Train(ctx, recipes.TrainOptions{Resume: opts.Resume, Force: opts.Force, Progress: progress,
+		Log: func(format string, args ...any) {
+			if bar != nil {
+				bar.Clear()
+			}
+			if !opts.JSON {
+				fmt.Fprintf(opts.IO.ErrOut, format+"\n", args...)
+			}
+		}})
+	if bar != nil {
+		bar.Finish()
+		fmt.Fprintln(opts.IO.ErrOut)
+	}
+	if err != nil {
+		var ie *train.InterruptedError
+		if errors.As(err, &ie) {
+			return fmt.Errorf("interrupted after step %d of %d; checkpoint saved to %s\nresume with: tune lora --recipe %s%s --resume",
+				ie.Step, plan.TotalSteps, ie.Checkpoint, opts.Recipe, setFlags(opts.Set))
+		}
+		return err
+	}
+	if opts.JSON {
+		return json.NewEncoder(opts.IO.Out).Encode(res)
+	}
+	fmt.Fprintf(opts.IO.Out, "trained %d steps: final loss %.4f", res.Steps, res.Loss)
+	if res.Eval != nil {
+		fmt.Fprintf(opts.IO.Out, ", validation loss %.4f (ppl %.3f)", res.Eval.EvalLoss, res.Eval.EvalPPL)
+	}
+	fmt.Fprintf(opts.IO.Out, "\nadapter: %s\n", res.AdapterDir)
+	return nil
+}
+
+func setFlags(sets []string) string {
+	var sb strings.Builder
+	for _, s := range sets {
+		sb.WriteString(" --set '" + strings.ReplaceAll(s, "'", `'\''`) + "'")
+	}
+	return sb.String()
+}
+
+func printPlan(io *IOStreams, p *recipes.Plan) {
+	w := io.Out
+	fmt.Fprintf(w, "model     %s (%s, %d layers)\n", p.Model, p.Architecture, p.Layers)
+	fmt.Fprintf(w, "data      %d examples (%d train, %d validation), %d tokens, %d trained; %d train sequences of up to %d tokens",
+		p.Data.Examples, p.Data.TrainExamples, p.Data.ValExamples, p.Data.Tokens, p.Data.TrainedTokens, p.Data.TrainSequences, p.Data.MaxSeqLen)
+	if p.Data.Packed {
+		fmt.Fprintf(w, " (packed, %.0f%% full)", 100*p.Data.PackingEfficiency)
+	}
+	fmt.Fprintln(w)
+	if p.Data.Truncated > 0 || p.Data.Dropped > 0 {
+		fmt.Fprintf(w, "          %d examples cut to max_seq_len, %d dropped (no trained token left)\n", p.Data.Truncated, p.Data.Dropped)
+	}
+	fmt.Fprintf(w, "training  %s: %d trainable parameters; %d steps (%d per epoch) of %d sequences\n",
+		p.Mode, p.TrainableParams, p.TotalSteps, p.StepsPerEpoch, p.SequencesPerStep)
+	m := p.Memory
+	fmt.Fprintf(w, "memory    ~%s: weights %s (mapped), activations %s, trainable+grads+AdamW %s\n",
+		human(m.Total), human(m.Weights), human(m.Activations), human(m.Trainable))
+	fmt.Fprintf(w, "output    %s\n", p.OutputDir)
+}
+
+func human(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,263 @@
+package lora
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+
+	"github.com/tunellm/tune/model"
+)
+
+// Adapter is a set of LoRA pairs (A [R,C], B [OC,R]) on the linear layers of
+// one model. Parameters live in one fp32 slab and their gradients in a second
+// slab of the same layout, so the optimizer and checkpoints see two flat
+// slices; Tensors gives the named views.
+//
+// Forward and Backward may be called from several goroutines but run one at
+// a time (they share the worker pool).
+type Adapter struct {
+	cfg     Config // resolved: TargetModules as saved, LayersToTransform sorted
+	scaling float32
+	mc      model.Config
+	seed    uint64
+	step    uint64 // dropout step, see SetDropoutStep
+
+	params, grads []float32
+	mods          [][]*module // [L][len(Modules)], nil where not adapted
+	tensors       []Tensor
+
+	// Task records reused by every call (guarded by the pool's mutex), so
+	// Forward and Backward allocate nothing once the scratch is sized.
+	fwd forwardTask
+	bwd backwardTask
+	g   []float32 // [maxT,R] dout·B, used within one Backward call only
+}
+
+// module is one adapted linear layer: views into the slabs plus the state
+// Forward leaves for Backward.
+type module struct {
+	layer, m int
+	out, in  int       // OC, C
+	a, b     []float32 // A [R,C], B [OC,R]
+	da, db   []float32 // same shapes, in the grads slab
+
+	u []float32 // [maxT,R]: dropout(x)·Aᵀ, saved by Forward for Backward
+	// What the last Forward did, so Backward rebuilds the same dropout mask
+	// even if SetDropoutStep was called in between.
+	fwdT    int
+	fwdDrop bool
+	fwdKey  uint64
+}
+
+// Tensor is a named view of one LoRA matrix.
+type Tensor struct {
+	Name   string // PEFT name, e.g. base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
+	Layer  int
+	Module string    // "q_proj", ...
+	Shape  []int     // [R,C] for lora_A, [OC,R] for lora_B
+	Offset int       // where Data and Grad start in Params() and Grads()
+	Data   []float32 // view of Params()
+	Grad   []float32 // view of Grads()
+}
+
+// New makes an adapter for a model with config mc, initialised as PEFT's
+// LoraLayer.reset_lora_parameters(init_lora_weights=True) does: A from
+// nn.init.kaiming_uniform_(a=√5), which is U(-1/√C, 1/√C) (gain
+// √(2/(1+a²)) = 1/√3 times √3/√fan_in), and B = 0, so the adapted model
+// starts equal to the base.
+//
+// The random numbers come from math/rand/v2's PCG, one stream per tensor
+// seeded by (seed, tensor name): the same seed gives the same adapter
+// whatever else is targeted, but the values cannot match torch's generator,
+// only its distribution. seed also drives dropout.
+func New(cfg Config, mc *model.Config, seed uint64) (*Adapter, error) {
+	a, err := newAdapter(cfg, mc)
+	if err != nil {
+		return nil, err
+	}
+	a.seed = seed
+	for _, t := range a.tensors {
+		if t.Shape[0] != a.cfg.R { // lora_B: zeros already
+			continue
+		}
+		h := fnv.New64a()
+		h.Write([]byte(t.Name))
+		rng := rand.New(rand.NewPCG(seed, h.Sum64()))
+		bound := 1 / math.Sqrt(float64(t.Shape[1]))
+		for i := range t.Data {
+			t.Data[i] = float32((2*rng.Float64() - 1) * bound)
+		}
+	}
+	return a, nil
+}
+
+// newAdapter validates cfg and lays out zeroed slabs.
+func newAdapter(cfg Config, mc *model.Config) (*Adapter, error) {
+	r, err := resolve(cfg, mc)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{cfg: r.cfg, scaling: float32(r.cfg.Scaling()), mc: *mc}
+	R := a.cfg.R
+	n := 0
+	for l := range r.targets {
+		for m, on := range r.targets[l] {
+			if on {
+				out, in := moduleShape(mc, m)
+				n += R*in + out*R
+			}
+		}
+	}
+	a.params = make([]float32, n)
+	a.grads = make([]float32, n)
+	a.mods = make([][]*module, mc.Layers)
+	off := 0
+	for l := range r.targets {
+		a.mods[l] = make([]*module, len(Modules))
+		for m, on := range r.targets[l] {
+			if !on {
+				continue
+			}
+			out, in := moduleShape(mc, m)
+			md := &module{layer: l, m: m, out: out, in: in}
+			prefix := "base_model.model." + moduleKey(l, m)
+			md.a, md.da = a.params[off:off+R*in:off+R*in], a.grads[off:off+R*in:off+R*in]
+			a.tensors = append(a.tensors, Tensor{Name: prefix + ".lora_A.weight", Layer: l, Module: Modules[m],
+				Shape: []int{R, in}, Offset: off, Data: md.a, Grad: md.da})
+			off += R * in
+			md.b, md.db = a.params[off:off+out*R:off+out*R], a.grads[off:off+out*R:off+out*R]
+			a.tensors = append(a.tensors, Tensor{Name: prefix + ".lora_B.weight", Layer: l, Module: Modules[m],
+				Shape: []int{out, R}, Offset: off, Data: md.b, Grad: md.db})
+			off += out * R
+			a.mods[l][m] = md
+		}
+	}
+	return a, nil
+}
+
+// Config returns the adapter's configuration with target_modules resolved
+// as PEFT saves them ("all-linear" expanded, the default filled in).
+func (a *Adapter) Config() Config {
+	c := a.cfg
+	c.TargetModules = append([]string(nil), c.TargetModules...)
+	c.LayersToTransform = append([]int(nil), c.LayersToTransform...) // stays nil when nil
+	return c
+}
+
+// Scaling is the factor on the low-rank path (alpha/r or alpha/√r).
+func (a *Adapter) Scaling() float32 { return a.scaling }
+
+var _ model.Adapter = (*Adapter)(nil)
+
+// Slabs returns the parameter and gradient slabs in the form package train's
+// Params interface takes (one slab each).
+func (a *Adapter) Slabs() (params, grads [][]float32) {
+	return [][]float32{a.params}, [][]float32{a.grads}
+}
+
+// Params is the parameter slab (every A and B, in Tensors order).
+func (a *Adapter) Params() []float32 { return a.params }
+
+// Grads is the gradient slab, laid out as Params. Backward accumulates into it.
+func (a *Adapter) Grads() []float32 { return a.grads }
+
+// ZeroGrads clears the gradient slab.
+func (a *Adapter) ZeroGrads() { clear(a.grads) }
+
+// NumParams is len(Params()).
+func (a *Adapter) NumParams() int { return len(a.params) }
+
+// Tensors lists the LoRA matrices in slab order: layer by layer, modules in
+// the order of Modules, lora_A before lora_B. The views alias the slabs.
+func (a *Adapter) Tensors() []Tensor { return append([]Tensor(nil), a.tensors...) }
+
+// Seed is the seed given to New (0 for a loaded adapter until SetSeed).
+func (a *Adapter) Seed() uint64 { return a.seed }
+
+// SetSeed sets the dropout seed, e.g. after Load when resuming training.
+func (a *Adapter) SetSeed(seed uint64) { a.seed = seed }
+
+// Has reports whether the module (one of Modules) of the layer is adapted.
+func (a *Adapter) Has(layer int, module string) bool { return a.get(layer, module) != nil }
+
+func (a *Adapter) get(layer int, name string) *module {
+	m := moduleIndex(name)
+	if layer < 0 || layer >= len(a.mods) || m < 0 {
+		return nil
+	}
+	return a.mods[layer][m]
+}
+
+// Reserve sizes the scratch for up to maxT rows per call, so no Forward or
+// Backward allocates; without it the first call with a larger T grows it.
+// The cost is 4·maxT·R bytes per adapted module (the saved x·Aᵀ) plus one
+// shared buffer of the same size.
+func (a *Adapter) Reserve(maxT int) {
+	for _, row := range a.mods {
+		for _, md := range row {
+			if md != nil {
+				md.reserve(maxT, a.cfg.R)
+			}
+		}
+	}
+	p := sharedPool()
+	p.mu.Lock()
+	a.growG(maxT)
+	p.mu.Unlock()
+}
+
+// growG sizes the shared Backward scratch; the caller holds the pool lock.
+func (a *Adapter) growG(T int) {
+	if cap(a.g) < T*a.cfg.R {
+		a.g = make([]float32, T*a.cfg.R)
+	}
+}
+
+func (md *module) reserve(T, R int) {
+	if cap(md.u) < T*R {
+		md.u = make([]float32, T*R)
+	}
+}
+
+// MergedWeight returns w + scaling·B·A for the module, w being its base
+// weight [OC,C] as float32, summed in float64 and rounded once; it is what
+// Merge writes for that tensor before the cast to the output dtype.
+func (a *Adapter) MergedWeight(layer int, module string, w []float32) ([]float32, error) {
+	md := a.get(layer, module)
+	if md == nil {
+		return nil, fmt.Errorf("lora: layer %d %s is not adapted", layer, module)
+	}
+	if len(w) != md.out*md.in {
+		return nil, fmt.Errorf("lora: MergedWeight: layer %d %s: %d weights, want %d ([%d %d])", layer, module, len(w), md.out*md.in, md.out, md.in)
+	}
+	dst := make([]float32, len(w))
+	a.mergeRows(md, dst, w, 0, md.out)
+	return dst, nil
+}
+
+// mergeRows writes rows o0..o0+n-1 of W + s·B·A into dst [n,C], w holding
+// the same rows: dst[o,c] = w[o,c] + s·Σ_k B[o,k]·A[k,c], in float64.
+func (a *Adapter) mergeRows(md *module, dst, w []float32, o0, n int) {
+	R, C := a.cfg.R, md.in
+	s := a.cfg.Scaling() // float64, as PEFT's get_delta_weight multiplies by the Python float
+	acc := make([]float64, C)
+	for i := 0; i < n; i++ {
+		clear(acc)
+		brow := md.b[(o0+i)*R : (o0+i+1)*R]
+		for k, bk := range brow {
+			if bk == 0 {
+				continue
+			}
+			ak := md.a[k*C : (k+1)*C]
+			for c, v := range ak {
+				acc[c] += float64(bk) * float64(v)
+			}
+		}
+		d := dst[i*C : (i+1)*C]
+		wr := w[i*C : (i+1)*C]
+		for c := range d {
+			d[c] = float32(float64(wr[c]) + s*acc[c])
+		}
+	}
+}

@@ -1,0 +1,412 @@
+package lora
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/tunellm/tune/model"
+	"github.com/tunellm/tune/model/safetensors"
+)
+
+// File names of a PEFT adapter folder (peft.utils.constants CONFIG_NAME,
+// SAFETENSORS_WEIGHTS_NAME).
+const (
+	ConfigFile  = "adapter_config.json"
+	WeightsFile = "adapter_model.safetensors"
+)
+
+// parseDType maps the CLI spellings to a safetensors dtype.
+func parseDType(s string) (safetensors.DType, error) {
+	switch strings.ToLower(s) {
+	case "", "f32", "fp32", "float32":
+		return safetensors.F32, nil
+	case "bf16", "bfloat16":
+		return safetensors.BF16, nil
+	case "f16", "fp16", "float16":
+		return safetensors.F16, nil
+	}
+	return "", fmt.Errorf("lora: dtype %q is not supported (supported: f32, bf16, f16)", s)
+}
+
+// configDict is adapter_config.json as PEFT 0.20's LoraConfig.to_dict()
+// writes it after PeftModel.save_pretrained set inference_mode: every field
+// (runtime_config popped), the set of target modules as a list. peft_version
+// is left out: it names the writing PEFT release, and PEFT fills its own in
+// when the key is missing.
+func (a *Adapter) configDict() map[string]any {
+	c := a.cfg
+	var base any
+	if c.BaseModel != "" {
+		base = c.BaseModel
+	}
+	var layers any
+	if c.LayersToTransform != nil {
+		layers = c.LayersToTransform
+	}
+	var alpha any = c.Alpha
+	if c.Alpha == math.Trunc(c.Alpha) && math.Abs(c.Alpha) < 1<<53 {
+		alpha = int(c.Alpha) // lora_alpha is an int field; keep 16, not 16.0
+	}
+	return map[string]any{
+		"alora_invocation_tokens": nil,
+		"alpha_pattern":           map[string]any{},
+		"arrow_config":            nil,
+		"auto_mapping":            nil,
+		"base_model_name_or_path": base,
+		"bias":                    "none",
+		"corda_config":            nil,
+		"ensure_weight_tying":     false,
+		"eva_config":              nil,
+		"exclude_modules":         nil,
+		"fan_in_fan_out":          false,
+		"inference_mode":          true,
+		"init_lora_weights":       true,
+		"layer_replication":       nil,
+		"layers_pattern":          nil,
+		"layers_to_transform":     layers,
+		"loftq_config":            map[string]any{},
+		"lora_alpha":              alpha,
+		"lora_bias":               false,
+		"lora_dropout":            c.Dropout,
+		"lora_ga_config":          nil,
+		"megatron_config":         nil,
+		"megatron_core":           "megatron.core",
+		"modules_to_save":         nil,
+		"monteclora_config":       nil,
+		"peft_type":               "LORA",
+		"qalora_group_size":       16,
+		"r":                       c.R,
+		"rank_pattern":            map[string]any{},
+		"revision":                nil,
+		"target_modules":          c.TargetModules,
+		"target_parameters":       nil,
+		"task_type":               "CAUSAL_LM",
+		"trainable_token_indices": nil,
+		"use_bdlora":              nil,
+		"use_dora":                false,
+		"use_qalora":              false,
+		"use_rslora":              c.UseRSLoRA,
+		"velora_config":           nil,
+	}
+}
+
+// Save writes a PEFT adapter folder: adapter_model.safetensors with PEFT's
+// tensor names (get_peft_model_state_dict drops the adapter name) in dtype
+// ("f32" when empty, "bf16", "f16"; rounding to nearest even), then
+// adapter_config.json. Each file is written to a temporary name and renamed.
+// target_modules is written sorted (PEFT writes list(set), in hash order).
+func (a *Adapter) Save(dir string, dtype string) error {
+	dt, err := parseDType(dtype)
+	if err != nil {
+		return err
+	}
+	ts := make([]safetensors.WriteTensor, len(a.tensors))
+	for i, t := range a.tensors {
+		t := t
+		ts[i] = safetensors.WriteTensor{Name: t.Name, DType: dt, Shape: t.Shape, Write: func(w io.Writer) error {
+			buf := make([]byte, len(t.Data)*dt.Size())
+			if err := safetensors.FromFloat32(buf, t.Data, dt); err != nil {
+				return err
+			}
+			_, err := w.Write(buf)
+			return err
+		}}
+	}
+	if err := safetensors.WriteDir(dir, ts, safetensors.WriteOptions{FileName: WeightsFile}); err != nil {
+		return fmt.Errorf("lora: save: %w", err)
+	}
+	d := a.configDict()
+	tm := append([]string(nil), a.cfg.TargetModules...)
+	sort.Strings(tm)
+	d["target_modules"] = tm
+	js, err := pyJSON(d)
+	if err != nil {
+		return fmt.Errorf("lora: save %s: %w", ConfigFile, err)
+	}
+	return writeFileAtomic(filepath.Join(dir, ConfigFile), js)
+}
+
+// writeFileAtomic writes data to a temporary file next to path, fsyncs it
+// and renames it over path.
+func writeFileAtomic(path string, data []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("lora: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			err = fmt.Errorf("lora: write %s: %w", path, err)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// LoadConfig reads a PEFT adapter_config.json into a Config, refusing the
+// LoraConfig features this package does not implement (each error names the
+// key). Keys it does not know are ignored, as PEFT ignores keys of newer
+// releases.
+func LoadConfig(dir string) (Config, error) {
+	path := filepath.Join(dir, ConfigFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("lora: %w", err)
+	}
+	c, err := parseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("lora: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func isNull(m json.RawMessage) bool {
+	m = bytes.TrimSpace(m)
+	return len(m) == 0 || string(m) == "null"
+}
+
+func parseConfig(data []byte) (Config, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return Config{}, err
+	}
+	get := func(key string, dst any) error {
+		m, ok := raw[key]
+		if !ok || isNull(m) {
+			return nil
+		}
+		if err := json.Unmarshal(m, dst); err != nil {
+			return fmt.Errorf("%s = %s: %v", key, m, err)
+		}
+		return nil
+	}
+	var peftType string
+	if err := get("peft_type", &peftType); err != nil {
+		return Config{}, err
+	}
+	if peftType != "" && peftType != "LORA" {
+		return Config{}, fmt.Errorf("peft_type %q is not supported (supported: LORA)", peftType)
+	}
+	// PEFT's defaults for absent keys: r=8, lora_alpha=8, lora_dropout=0.
+	c := Config{R: 8, Alpha: 8, Bias: "none"}
+	var rf float64 = 8
+	for _, f := range []struct {
+		key string
+		dst any
+	}{{"r", &rf}, {"lora_alpha", &c.Alpha}, {"lora_dropout", &c.Dropout}, {"use_rslora", &c.UseRSLoRA},
+		{"use_dora", &c.UseDoRA}, {"bias", &c.Bias}, {"base_model_name_or_path", &c.BaseModel}} {
+		if err := get(f.key, f.dst); err != nil {
+			return Config{}, err
+		}
+	}
+	if rf != math.Trunc(rf) {
+		return Config{}, fmt.Errorf("r = %g, want an integer", rf)
+	}
+	c.R = int(rf)
+	if m, ok := raw["target_modules"]; ok && !isNull(m) {
+		var s string
+		if json.Unmarshal(m, &s) == nil {
+			if !strings.EqualFold(s, AllLinear) {
+				return Config{}, fmt.Errorf("target_modules = %q: a regular expression is not supported (supported: a list of module names, or %q)", s, AllLinear)
+			}
+			c.TargetModules = []string{AllLinear}
+		} else if err := json.Unmarshal(m, &c.TargetModules); err != nil {
+			return Config{}, fmt.Errorf("target_modules = %s, want a list of names or %q", m, AllLinear)
+		}
+	}
+	if m, ok := raw["layers_to_transform"]; ok && !isNull(m) {
+		var one int
+		if json.Unmarshal(m, &one) == nil {
+			c.LayersToTransform = []int{one}
+		} else if err := json.Unmarshal(m, &c.LayersToTransform); err != nil {
+			return Config{}, fmt.Errorf("layers_to_transform = %s, want an int or a list of ints", m)
+		}
+	}
+	if m, ok := raw["layers_pattern"]; ok && !isNull(m) {
+		var s string
+		var l []string
+		if json.Unmarshal(m, &s) == nil {
+			l = []string{s}
+		} else {
+			_ = json.Unmarshal(m, &l)
+		}
+		if len(l) != 1 || l[0] != "layers" {
+			return Config{}, fmt.Errorf("layers_pattern = %s is not supported (supported: null, \"layers\")", m)
+		}
+	}
+	// Features that change the math or the tensors: refuse rather than
+	// silently load something else.
+	for _, f := range []struct{ key, why string }{
+		{"rank_pattern", "per-module ranks"},
+		{"alpha_pattern", "per-module alphas"},
+		{"modules_to_save", "fully trained extra modules"},
+		{"trainable_token_indices", "trainable token embeddings"},
+		{"layer_replication", "layer replication"},
+		{"exclude_modules", "exclude_modules"},
+		{"target_parameters", "LoRA on parameters"},
+		{"alora_invocation_tokens", "activated LoRA"},
+		{"use_bdlora", "block-diagonal LoRA"},
+		{"arrow_config", "Arrow routing"},
+		{"velora_config", "VeLoRA"},
+		{"monteclora_config", "MonteCLoRA"},
+		{"megatron_config", "Megatron layers"},
+	} {
+		m, ok := raw[f.key]
+		if !ok || isNull(m) {
+			continue
+		}
+		if s := string(bytes.TrimSpace(m)); s == "{}" || s == "[]" {
+			continue
+		}
+		return Config{}, fmt.Errorf("%s = %s: %s are not supported", f.key, m, f.why)
+	}
+	for _, key := range []string{"fan_in_fan_out", "lora_bias", "use_qalora"} {
+		var b bool
+		if err := get(key, &b); err != nil {
+			return Config{}, err
+		}
+		if b {
+			return Config{}, fmt.Errorf("%s = true is not supported", key)
+		}
+	}
+	if m, ok := raw["init_lora_weights"]; ok && !isNull(m) {
+		var s string
+		if json.Unmarshal(m, &s) == nil {
+			switch s {
+			case "gaussian", "eva", "orthogonal":
+			default:
+				// pissa, olora, corda, loftq, ... change the base weights
+				// unless the adapter was converted when saved.
+				return Config{}, fmt.Errorf("init_lora_weights = %q: the adapter expects a modified base model (supported: true, false, \"gaussian\", \"eva\", \"orthogonal\")", s)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Load reads a PEFT LoRA adapter folder for a base model with config mc:
+// adapter_config.json and adapter_model.safetensors (F32, BF16 or F16). Every
+// tensor the config implies must be present with its exact shape, and no
+// other may be: an adapter trained on another base fails on the first shape
+// that differs.
+func Load(dir string, mc *model.Config) (*Adapter, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	a, err := newAdapter(cfg, mc)
+	if err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, filepath.Join(dir, ConfigFile))
+	}
+	path := filepath.Join(dir, WeightsFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if _, err2 := os.Stat(filepath.Join(dir, "adapter_model.bin")); err2 == nil {
+			return nil, fmt.Errorf("lora: %s: only adapter_model.bin (a pickle) is there; save the adapter with safe_serialization=True", dir)
+		}
+	}
+	r, err := safetensors.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("lora: %w", err)
+	}
+	defer r.Close()
+	want := map[string]bool{}
+	for _, t := range a.tensors {
+		want[t.Name] = true
+	}
+	for _, name := range r.Names() {
+		if !want[name] {
+			return nil, fmt.Errorf("lora: %s: %s", path, a.explainUnknown(name))
+		}
+	}
+	// Slab order, so the first error names the first layer's first module.
+	for _, t := range a.tensors {
+		if !r.Has(t.Name) {
+			missing := 0
+			for _, u := range a.tensors {
+				if !r.Has(u.Name) {
+					missing++
+				}
+			}
+			return nil, fmt.Errorf("lora: %s: tensor %s is missing (%d of %d missing; target_modules %v, r=%d)",
+				path, t.Name, missing, len(a.tensors), a.cfg.TargetModules, a.cfg.R)
+		}
+		st, err := r.Tensor(t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("lora: %w", err)
+		}
+		if !equalShape(st.Shape, t.Shape) {
+			return nil, fmt.Errorf("lora: %s: %s: shape %v, want %v (%s)", path, t.Name, st.Shape, t.Shape, a.explainShape(t))
+		}
+		switch st.DType {
+		case safetensors.F32, safetensors.BF16, safetensors.F16:
+		default:
+			return nil, fmt.Errorf("lora: %s: %s: dtype %s is not supported (supported: F32, BF16, F16)", path, t.Name, st.DType)
+		}
+		if err := safetensors.ToFloat32(t.Data, st.Data, st.DType); err != nil {
+			return nil, fmt.Errorf("lora: %s: %s: %w", path, t.Name, err)
+		}
+	}
+	return a, nil
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// explainShape names the config values behind a wanted shape.
+func (a *Adapter) explainShape(t Tensor) string {
+	m := moduleIndex(t.Module)
+	inName := map[int]string{0: "hidden_size", 1: "hidden_size", 2: "hidden_size", 3: "num_attention_heads*head_dim",
+		4: "hidden_size", 5: "hidden_size", 6: "intermediate_size"}[m]
+	outName := map[int]string{0: "num_attention_heads*head_dim", 1: "num_key_value_heads*head_dim", 2: "num_key_value_heads*head_dim",
+		3: "hidden_size", 4: "intermediate_size", 5: "intermediate_size", 6: "hidden_size"}[m]
+	if strings.HasSuffix(t.Name, ".lora_A.weight") {
+		return fmt.Sprintf("r=%d, %s=%d", a.cfg.R, inName, t.Shape[1])
+	}
+	return fmt.Sprintf("%s=%d, r=%d", outName, t.Shape[0], a.cfg.R)
+}
+
+// explainUnknown says why a tensor name is not one of the adapter's.
+func (a *Adapter) explainUnknown(name string) string {
+	if strings.Contains(name, "lora_magnitude_vector") {
+		return fmt.Sprintf("tensor %s: DoRA is not supported", name)
+	}
+	var l int
+	var mod, ab string
+	for _, pat := range []string{"base_model.model.model.layers.%d.self_attn.%s", "base_model.model.model.layers.%d.mlp.%s"} {
+		if n, _ := fmt.Sscanf(strings.NewReplacer(".lora_A.weight", " A", ".lora_B.weight", " B").Replace(name), pat+" %s", &l, &mod, &ab); n == 3 {
+			if moduleIndex(mod) >= 0 && l >= 0 && l < len(a.mods) {
+				return fmt.Sprintf("tensor %s: layer %d %s is not adapted by target_modules %v, layers_to_transform %v", name, l, mod, a.cfg.TargetModules, a.cfg.LayersToTransform)
+			}
+		}
+	}
+	return fmt.Sprintf("unknown tensor %s (not a LoRA weight of this %s model with %d layers)", name, a.mc.ModelType, a.mc.Layers)
+}

@@ -1,0 +1,295 @@
+package recipes
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// key is one recipe key: its type, default (as YAML), doc line, and the field
+// it fills.
+type key struct {
+	name string
+	kind string // string, path, int, number, bool, list, ints, map, fraction|path
+	def  string
+	doc  string
+	ptr  func(r *Recipe) any
+}
+
+// keys is the recipe's contract: every key, in the order Explain and YAML
+// print them. Defaults follow PEFT's and transformers' usual LoRA settings.
+var keys = []key{
+	{"model.path", "path", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json)", func(r *Recipe) any { return &r.Model.Path }},
+
+	{"dataset.path", "path", "", "training data: a .jsonl/.json/.parquet/.arrow file, a folder or a glob", func(r *Recipe) any { return &r.Dataset.Path }},
+	{"dataset.format", "string", "chat", "row format: chat (messages), instruction, completion or text", func(r *Recipe) any { return &r.Dataset.Format }},
+	{"dataset.columns", "map", "{}", "field -> column name (messages, text, instruction, input, output, prompt, completion)", func(r *Recipe) any { return &r.Dataset.Columns }},
+	{"dataset.validation", "fraction|path", "0", "held-out data: a fraction of the rows in [0, 1), or a file of its own", func(r *Recipe) any { return &r.Dataset.Validation }},
+	{"dataset.system_prompt", "string", "", "system message added to conversations that have none", func(r *Recipe) any { return &r.Dataset.SystemPrompt }},
+	{"dataset.add_eos", "bool", "true", "end each example with the tokenizer's EOS when the template does not", func(r *Recipe) any { return &r.Dataset.AddEOS }},
+	{"dataset.train_on", "string", "assistant", "tokens that take loss: assistant (replies / completions) or all", func(r *Recipe) any { return &r.Dataset.TrainOn }},
+	{"dataset.role_map", "map", "{}", "ShareGPT \"from\" value -> chat role, over the defaults (human, gpt, ...)", func(r *Recipe) any { return &r.Dataset.RoleMap }},
+	{"dataset.skip_bad_rows", "bool", "false", "skip (and count) rows that cannot become examples instead of failing", func(r *Recipe) any { return &r.Dataset.SkipBadRows }},
+	{"dataset.cache_dir", "path", "", "tokenized-data cache folder (default: the user cache folder)", func(r *Recipe) any { return &r.Dataset.CacheDir }},
+	{"dataset.chat_template", "string", "", "a Jinja chat template replacing the tokenizer's", func(r *Recipe) any { return &r.Dataset.ChatTemplate }},
+
+	{"lora.r", "int", "16", "rank of the low-rank update B·A", func(r *Recipe) any { return &r.LoRA.R }},
+	{"lora.alpha", "number", "32", "scale numerator: the update is (alpha/r)·B·A (alpha/sqrt(r) with use_rslora)", func(r *Recipe) any { return &r.LoRA.Alpha }},
+	{"lora.dropout", "number", "0.05", "dropout on the adapter's input while training", func(r *Recipe) any { return &r.LoRA.Dropout }},
+	{"lora.target_modules", "list", "all-linear", "linear layers to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all-linear", func(r *Recipe) any { return &r.LoRA.TargetModules }},
+	{"lora.layers_to_transform", "ints", "[]", "decoder layers to adapt (empty: all)", func(r *Recipe) any { return &r.LoRA.LayersToTransform }},
+	{"lora.use_rslora", "bool", "false", "rank-stabilized scale alpha/sqrt(r)", func(r *Recipe) any { return &r.LoRA.UseRSLoRA }},
+	{"lora.use_dora", "bool", "false", "weight-decomposed LoRA (not supported yet)", func(r *Recipe) any { return &r.LoRA.UseDoRA }},
+	{"lora.init_adapter", "path", "", "continue training from this PEFT adapter folder", func(r *Recipe) any { return &r.LoRA.InitAdapter }},
+
+	{"train.mode", "string", "lora", "lora (train an adapter) or full (train every weight)", func(r *Recipe) any { return &r.Train.Mode }},
+	{"train.epochs", "int", "1", "passes over the training data (ignored when max_steps > 0)", func(r *Recipe) any { return &r.Train.Epochs }},
+	{"train.max_steps", "int", "0", "optimizer steps to run, cycling the data (0: use epochs)", func(r *Recipe) any { return &r.Train.MaxSteps }},
+	{"train.batch_size", "int", "1", "sequences per micro-batch", func(r *Recipe) any { return &r.Train.BatchSize }},
+	{"train.grad_accum", "int", "1", "micro-batches per optimizer step", func(r *Recipe) any { return &r.Train.GradAccum }},
+	{"train.max_seq_len", "int", "2048", "tokens per sequence: longer examples are cut, packed sequences are this long", func(r *Recipe) any { return &r.Train.MaxSeqLen }},
+	{"train.packing", "bool", "true", "pack several examples per sequence (attention stays inside each)", func(r *Recipe) any { return &r.Train.Packing }},
+	{"train.lr", "number", "2e-4", "peak learning rate", func(r *Recipe) any { return &r.Train.LR }},
+	{"train.schedule", "string", "cosine", "learning-rate schedule after warmup: constant, linear or cosine (transformers' get_*_schedule_with_warmup)", func(r *Recipe) any { return &r.Train.Schedule }},
+	{"train.warmup_steps", "int", "10", "steps of linear warmup from 0", func(r *Recipe) any { return &r.Train.WarmupSteps }},
+	{"train.weight_decay", "number", "0", "AdamW decoupled weight decay", func(r *Recipe) any { return &r.Train.WeightDecay }},
+	{"train.adam_beta1", "number", "0.9", "AdamW beta1", func(r *Recipe) any { return &r.Train.AdamBeta1 }},
+	{"train.adam_beta2", "number", "0.999", "AdamW beta2", func(r *Recipe) any { return &r.Train.AdamBeta2 }},
+	{"train.adam_eps", "number", "1e-8", "AdamW epsilon", func(r *Recipe) any { return &r.Train.AdamEps }},
+	{"train.max_grad_norm", "number", "1.0", "clip the global gradient L2 norm to this (0: off)", func(r *Recipe) any { return &r.Train.MaxGradNorm }},
+	{"train.seed", "int", "42", "seed of adapter init, dropout, shuffling and the validation split", func(r *Recipe) any { return &r.Train.Seed }},
+	{"train.device", "string", "cpu", "where to train: cpu (cuda is not supported yet)", func(r *Recipe) any { return &r.Train.Device }},
+	{"train.eval_every", "int", "100", "validation loss every N steps (and at the end; 0: only at the end)", func(r *Recipe) any { return &r.Train.EvalEvery }},
+	{"train.save_every", "int", "100", "checkpoint every N steps (0: only on interrupt)", func(r *Recipe) any { return &r.Train.SaveEvery }},
+	{"train.keep_checkpoints", "int", "3", "checkpoints kept (the oldest are removed)", func(r *Recipe) any { return &r.Train.KeepCheckpoints }},
+	{"train.gradient_checkpointing", "bool", "false", "recompute activations in backward: less memory, about 1/3 more compute", func(r *Recipe) any { return &r.Train.GradientCheckpointing }},
+	{"train.loss_chunk", "int", "0", "rows of logits computed at once in the loss (0: the model's default)", func(r *Recipe) any { return &r.Train.LossChunk }},
+
+	{"output.dir", "path", "", "run folder: adapter/, checkpoints/, metrics.jsonl, recipe.yaml", func(r *Recipe) any { return &r.Output.Dir }},
+	{"output.dtype", "string", "f32", "dtype of the saved adapter: f32, bf16 or f16", func(r *Recipe) any { return &r.Output.DType }},
+}
+
+func (k *key) setDefault(r *Recipe) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(k.def), &doc); err != nil {
+		return err
+	}
+	if len(doc.Content) == 0 {
+		return k.set(r, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: ""}, "")
+	}
+	return k.set(r, doc.Content[0], "")
+}
+
+// set stores node n in the key's field; relative paths are joined to base.
+func (k *key) set(r *Recipe, n *yaml.Node, base string) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // "key:" with no value keeps the default
+	}
+	switch p := k.ptr(r).(type) {
+	case *string:
+		if n.Kind != yaml.ScalarNode {
+			return fmt.Errorf("want a string, found %s", kindName(n))
+		}
+		v := n.Value
+		if k.kind == "path" && v != "" && base != "" && !filepath.IsAbs(v) {
+			v = filepath.Join(base, v)
+		}
+		*p = v
+	case *int:
+		v, err := intValue(n)
+		if err != nil {
+			return err
+		}
+		if v < math.MinInt32 || v > math.MaxInt32 {
+			return fmt.Errorf("%d is out of range", v)
+		}
+		*p = int(v)
+	case *uint64:
+		v, err := intValue(n)
+		if err != nil {
+			return err
+		}
+		if v < 0 {
+			return fmt.Errorf("want a non-negative integer, found %d", v)
+		}
+		*p = uint64(v)
+	case *float64:
+		v, err := floatValue(n)
+		if err != nil {
+			return err
+		}
+		*p = v
+	case *bool:
+		if n.Kind != yaml.ScalarNode {
+			return fmt.Errorf("want true or false, found %s", kindName(n))
+		}
+		switch strings.ToLower(n.Value) {
+		case "true", "yes", "on":
+			*p = true
+		case "false", "no", "off":
+			*p = false
+		default:
+			return fmt.Errorf("want true or false, found %q", n.Value)
+		}
+	case *[]string:
+		// PEFT accepts one string ("all-linear") or a list.
+		switch n.Kind {
+		case yaml.ScalarNode:
+			*p = []string{n.Value}
+		case yaml.SequenceNode:
+			out := make([]string, 0, len(n.Content))
+			for _, c := range n.Content {
+				if c.Kind != yaml.ScalarNode || c.Tag == "!!null" {
+					return fmt.Errorf("want a list of strings, found %s at line %d", kindName(c), c.Line)
+				}
+				out = append(out, c.Value)
+			}
+			*p = out
+		default:
+			return fmt.Errorf("want a string or a list of strings, found %s", kindName(n))
+		}
+	case *[]int:
+		var items []*yaml.Node
+		switch n.Kind {
+		case yaml.ScalarNode:
+			items = []*yaml.Node{n}
+		case yaml.SequenceNode:
+			items = n.Content
+		default:
+			return fmt.Errorf("want a list of integers, found %s", kindName(n))
+		}
+		out := make([]int, 0, len(items))
+		for _, c := range items {
+			v, err := intValue(c)
+			if err != nil {
+				return fmt.Errorf("list item: %w", err)
+			}
+			out = append(out, int(v))
+		}
+		*p = out
+	case *map[string]string:
+		if n.Kind != yaml.MappingNode {
+			return fmt.Errorf("want a mapping (name: value), found %s", kindName(n))
+		}
+		m := map[string]string{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			kv := n.Content[i+1]
+			if kv.Kind != yaml.ScalarNode {
+				return fmt.Errorf("%s: want a string, found %s", n.Content[i].Value, kindName(kv))
+			}
+			m[n.Content[i].Value] = kv.Value
+		}
+		*p = m
+	case *Validation:
+		if n.Kind != yaml.ScalarNode {
+			return fmt.Errorf("want a fraction or a path, found %s", kindName(n))
+		}
+		if f, err := strconv.ParseFloat(n.Value, 64); err == nil && n.Tag != "!!str" {
+			*p = Validation{Fraction: f}
+			return nil
+		}
+		v := n.Value
+		if v != "" && base != "" && !filepath.IsAbs(v) {
+			v = filepath.Join(base, v)
+		}
+		*p = Validation{Path: v}
+	default:
+		panic(fmt.Sprintf("recipes: key %s: unhandled field type %T", k.name, p))
+	}
+	return nil
+}
+
+func intValue(n *yaml.Node) (int64, error) {
+	if n.Kind != yaml.ScalarNode {
+		return 0, fmt.Errorf("want an integer, found %s", kindName(n))
+	}
+	s := strings.ReplaceAll(n.Value, "_", "")
+	v, err := strconv.ParseInt(s, 0, 64)
+	if err == nil && n.Tag != "!!str" {
+		return v, nil
+	}
+	// 1e3 or 100.0 are integers written as numbers.
+	if f, ferr := strconv.ParseFloat(s, 64); ferr == nil && n.Tag != "!!str" && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		return int64(f), nil
+	}
+	return 0, fmt.Errorf("want an integer, found %q", n.Value)
+}
+
+func floatValue(n *yaml.Node) (float64, error) {
+	if n.Kind != yaml.ScalarNode {
+		return 0, fmt.Errorf("want a number, found %s", kindName(n))
+	}
+	if n.Tag != "!!str" {
+		if v, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); err == nil {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("want a number, found %q", n.Value)
+}
+
+// format writes the key's value in r as YAML.
+func (k *key) format(r *Recipe) string {
+	switch p := k.ptr(r).(type) {
+	case *string:
+		if *p == "" {
+			return `""`
+		}
+		return yamlScalar(*p)
+	case *int:
+		return strconv.Itoa(*p)
+	case *uint64:
+		return strconv.FormatUint(*p, 10)
+	case *float64:
+		return strconv.FormatFloat(*p, 'g', -1, 64)
+	case *bool:
+		return strconv.FormatBool(*p)
+	case *[]string:
+		if len(*p) == 1 && (*p)[0] == "all-linear" {
+			return "all-linear"
+		}
+		q := make([]string, len(*p))
+		for i, s := range *p {
+			q[i] = yamlScalar(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	case *[]int:
+		q := make([]string, len(*p))
+		for i, v := range *p {
+			q[i] = strconv.Itoa(v)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	case *map[string]string:
+		ks := make([]string, 0, len(*p))
+		for k := range *p {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		q := make([]string, len(ks))
+		for i, k := range ks {
+			q[i] = yamlScalar(k) + ": " + yamlScalar((*p)[k])
+		}
+		return "{" + strings.Join(q, ", ") + "}"
+	case *Validation:
+		if p.Path != "" {
+			return yamlScalar(p.Path)
+		}
+		return strconv.FormatFloat(p.Fraction, 'g', -1, 64)
+	}
+	return "?"
+}
+
+// yamlScalar quotes s when plain YAML would read it as something else.
+func yamlScalar(s string) string {
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(s), &n); err == nil && len(n.Content) == 1 &&
+		n.Content[0].Kind == yaml.ScalarNode && n.Content[0].Tag == "!!str" && n.Content[0].Value == s &&
+		!strings.ContainsAny(s, "\n#:{}[],&*!|>'\"%@`") {
+		return s
+	}
+	return strconv.Quote(s)
+}

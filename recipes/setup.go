@@ -1,0 +1,227 @@
+package recipes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/lora"
+	"github.com/tunellm/tune/model"
+	"github.com/tunellm/tune/model/safetensors"
+	"github.com/tunellm/tune/tokenizer"
+	"github.com/tunellm/tune/train"
+)
+
+// LoRAConfig is the recipe's lora section as package lora takes it.
+func (r *Recipe) LoRAConfig() lora.Config {
+	var layers []int
+	if len(r.LoRA.LayersToTransform) > 0 {
+		layers = append(layers, r.LoRA.LayersToTransform...)
+	}
+	return lora.Config{R: r.LoRA.R, Alpha: r.LoRA.Alpha, Dropout: r.LoRA.Dropout,
+		TargetModules: append([]string(nil), r.LoRA.TargetModules...), LayersToTransform: layers,
+		UseRSLoRA: r.LoRA.UseRSLoRA, UseDoRA: r.LoRA.UseDoRA, BaseModel: r.Model.Path}
+}
+
+// TrainConfig is the recipe's train and output sections as train.Run takes
+// them.
+func (r *Recipe) TrainConfig() train.Config {
+	t := r.Train
+	c := train.Config{Epochs: t.Epochs, MaxSteps: t.MaxSteps, BatchSize: t.BatchSize, GradAccum: t.GradAccum,
+		LR: t.LR, Schedule: t.Schedule, WarmupSteps: t.WarmupSteps,
+		AdamW:       train.AdamWConfig{Beta1: t.AdamBeta1, Beta2: t.AdamBeta2, Eps: t.AdamEps, WeightDecay: t.WeightDecay},
+		MaxGradNorm: t.MaxGradNorm, Seed: t.Seed, EvalEvery: t.EvalEvery, SaveEvery: t.SaveEvery,
+		KeepCheckpoints: t.KeepCheckpoints, Dir: r.Output.Dir, DType: r.Output.DType, RecipeYAML: r.YAML()}
+	if t.Mode == "full" {
+		c.Artifact = "model"
+	}
+	return c
+}
+
+// SetupOptions control Setup.
+type SetupOptions struct {
+	// DataProgress is data.Prepare's progress callback (may be nil).
+	DataProgress func(done, total int64)
+	// DryRun loads no weights and allocates no training buffers: the plan
+	// only.
+	DryRun bool
+}
+
+// Plan is what a run will do, printed by --dry-run.
+type Plan struct {
+	Recipe           string               `json:"recipe"`
+	Model            string               `json:"model"`
+	Architecture     string               `json:"architecture"`
+	Layers           int                  `json:"layers"`
+	Mode             string               `json:"mode"`
+	Data             data.Stats           `json:"data"`
+	StepsPerEpoch    int                  `json:"steps_per_epoch"`
+	TotalSteps       int                  `json:"total_steps"`
+	SequencesPerStep int                  `json:"sequences_per_step"`
+	TrainableParams  int64                `json:"trainable_params"`
+	Memory           train.MemoryEstimate `json:"memory"`
+	OutputDir        string               `json:"output_dir"`
+}
+
+// Job is a recipe made ready to train: data prepared, model mapped, adapter
+// made (LoRA), training pass allocated.
+type Job struct {
+	r    *Recipe
+	plan *Plan
+	tok  *tokenizer.Tokenizer
+	ds   *data.Dataset
+	mc   *model.Config
+	m    *model.Model
+	ad   *lora.Adapter // nil in full training
+	run  runner        // nil in a dry run
+}
+
+// runner is train.LoRA or train.Full.
+type runner interface {
+	train.Model
+	train.Params
+}
+
+// Setup prepares everything a run needs, and the plan.
+func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
+	mc, err := model.LoadConfig(r.Model.Path)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := tokenizer.Load(r.Model.Path)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := data.Prepare(r.DataConfig(), tok, opts.DataProgress)
+	if err != nil {
+		return nil, err
+	}
+	j := &Job{r: r, tok: tok, ds: ds, mc: mc}
+	fail := func(err error) (*Job, error) {
+		j.Close()
+		return nil, err
+	}
+	full := r.Train.Mode == "full"
+	if !full {
+		if r.LoRA.InitAdapter != "" {
+			j.ad, err = lora.Load(r.LoRA.InitAdapter, mc)
+			if err == nil {
+				j.ad.SetSeed(r.Train.Seed)
+			}
+		} else {
+			j.ad, err = lora.New(r.LoRAConfig(), mc, r.Train.Seed)
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	st := ds.Stats()
+	perEpoch, total := train.Plan(st.TrainSequences, r.Train.BatchSize, r.Train.GradAccum, r.Train.Epochs, r.Train.MaxSteps)
+	weights, params, err := weightBytes(r.Model.Path)
+	if err != nil {
+		return fail(err)
+	}
+	trainable := params
+	if !full {
+		trainable = int64(j.ad.NumParams())
+	}
+	j.plan = &Plan{Recipe: r.File, Model: r.Model.Path, Architecture: mc.ModelType, Layers: mc.Layers, Mode: r.Train.Mode,
+		Data: st, StepsPerEpoch: perEpoch, TotalSteps: total, SequencesPerStep: r.Train.BatchSize * r.Train.GradAccum,
+		TrainableParams: trainable, OutputDir: r.Output.Dir}
+	j.m, err = model.Load(r.Model.Path, model.LoadOptions{})
+	if err != nil {
+		return fail(err)
+	}
+	popts := model.TrainOptions{Checkpointing: r.Train.GradientCheckpointing, LossChunk: r.Train.LossChunk}
+	var act int64
+	switch {
+	case opts.DryRun:
+		// A pass without adapter or fp32 copies, for its activation size:
+		// its slabs are allocated but never touched, so the operating
+		// system commits none of it.
+		p, err := j.m.NewPass(r.Train.MaxSeqLen, popts)
+		if err != nil {
+			return fail(err)
+		}
+		act = p.ActivationBytes()
+	case full:
+		f, err := train.NewFull(j.m, r.Model.Path, r.Train.MaxSeqLen, popts)
+		if err != nil {
+			return fail(err)
+		}
+		j.run, act = f, f.Pass.ActivationBytes()
+	default:
+		l, err := train.NewLoRA(j.m, j.ad, r.Train.MaxSeqLen, popts)
+		if err != nil {
+			return fail(err)
+		}
+		j.run, act = l, l.Pass.ActivationBytes()
+	}
+	j.plan.Memory = train.EstimateMemory(weights, act, trainable)
+	return j, nil
+}
+
+// Plan returns what the job will do.
+func (j *Job) Plan() *Plan { return j.plan }
+
+// TrainOptions control Job.Train.
+type TrainOptions struct {
+	Resume, Force bool
+	Progress      func(train.Event)
+	Log           func(format string, args ...any)
+}
+
+// Train runs the training loop (see train.Trainer.Run).
+func (j *Job) Train(ctx context.Context, opts TrainOptions) (*train.Result, error) {
+	if j.run == nil {
+		return nil, errors.New("recipes: Train on a dry-run job")
+	}
+	cfg := j.r.TrainConfig()
+	cfg.Resume, cfg.Force = opts.Resume, opts.Force
+	t := &train.Trainer{Cfg: cfg, Model: j.run, Params: j.run, Data: j.ds, Progress: opts.Progress, Log: opts.Log}
+	return t.Run(ctx)
+}
+
+// Close releases the dataset and the model mapping.
+func (j *Job) Close() error {
+	var errs []error
+	if j.ds != nil {
+		errs = append(errs, j.ds.Close())
+	}
+	if j.m != nil {
+		errs = append(errs, j.m.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// weightBytes sums the safetensors files of a model folder (what the
+// mapping will page in) and counts the weights' elements.
+func weightBytes(dir string) (bytes, params int64, err error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("recipes: model.path: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".safetensors") {
+			if fi, err := e.Info(); err == nil {
+				bytes += fi.Size()
+			}
+		}
+	}
+	r, err := safetensors.Open(dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer r.Close()
+	for _, n := range r.Names() {
+		t, err := r.Tensor(n)
+		if err != nil {
+			return 0, 0, err
+		}
+		params += int64(t.NumElements())
+	}
+	return bytes, params, nil
+}

@@ -1,0 +1,66 @@
+package train
+
+import (
+	"github.com/tunellm/tune/lora"
+	"github.com/tunellm/tune/model"
+)
+
+// LoRA couples a training pass and an adapter as the trainer's Model and
+// Params: the pass computes, the adapter holds the trained slabs.
+type LoRA struct {
+	Pass    *model.Pass
+	Adapter *lora.Adapter
+	hook    *evalHook
+}
+
+// NewLoRA allocates a training pass of m for sequences of up to maxT tokens
+// with adapter a (opts.Adapter is set here).
+func NewLoRA(m *model.Model, a *lora.Adapter, maxT int, opts model.TrainOptions) (*LoRA, error) {
+	h := &evalHook{a: a}
+	opts.Adapter = h
+	p, err := m.NewPass(maxT, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &LoRA{Pass: p, Adapter: a, hook: h}, nil
+}
+
+// evalHook passes the adapter through, turning its training mode (dropout)
+// off while Eval runs: the pass always runs its adapter as in training.
+type evalHook struct {
+	a    *lora.Adapter
+	eval bool
+}
+
+func (h *evalHook) Has(layer int, module string) bool { return h.a.Has(layer, module) }
+func (h *evalHook) Forward(layer int, module string, out, in []float32, T int, train bool) {
+	h.a.Forward(layer, module, out, in, T, train && !h.eval)
+}
+func (h *evalHook) Backward(layer int, module string, din, dout, in []float32, T int) {
+	h.a.Backward(layer, module, din, dout, in, T)
+}
+
+func (l *LoRA) Forward(tokens, positions, segIDs, labels []int32) (float64, int, error) {
+	return l.Pass.Forward(tokens, positions, segIDs, labels)
+}
+func (l *LoRA) Backward(scale float32) error { return l.Pass.Backward(scale) }
+
+// Eval is a forward without dropout whose state no Backward uses.
+func (l *LoRA) Eval(tokens, positions, segIDs, labels []int32) (float64, int, error) {
+	l.hook.eval = true
+	defer func() { l.hook.eval = false }()
+	return l.Pass.Forward(tokens, positions, segIDs, labels)
+}
+
+func (l *LoRA) Slabs() ([][]float32, [][]float32) {
+	return [][]float32{l.Adapter.Params()}, [][]float32{l.Adapter.Grads()}
+}
+func (l *LoRA) ZeroGrads()                   { l.Adapter.ZeroGrads() }
+func (l *LoRA) Save(dir, dtype string) error { return l.Adapter.Save(dir, dtype) }
+func (l *LoRA) SetDropoutStep(step uint64)   { l.Adapter.SetDropoutStep(step) }
+
+var (
+	_ Model          = (*LoRA)(nil)
+	_ Params         = (*LoRA)(nil)
+	_ DropoutStepper = (*LoRA)(nil)
+)
