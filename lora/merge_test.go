@@ -212,27 +212,37 @@ func TestMergeGolden(t *testing.T) {
 	if err := Merge(qwenDir, out, a, "f32"); err != nil {
 		t.Fatal(err)
 	}
-	m, err := model.Load(out, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	logits, err := m.ForwardLogits(m.NewCache(len(g.Merge.Tokens)), g.Merge.Tokens)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(logits) != len(g.Merge.Logits) {
-		t.Fatalf("%d rows, want %d", len(logits), len(g.Merge.Logits))
-	}
-	maxd := 0.0
-	for i := range logits {
-		for j, w := range g.Merge.Logits[i] {
-			maxd = math.Max(maxd, math.Abs(float64(logits[i][j])-w))
+	// The merged folder, and the base with the adapter attached unmerged
+	// (model.SetAdapter, what --adapter does), both give the reference's logits.
+	for _, tc := range []struct {
+		name, dir string
+		attach    bool
+	}{{"merged", out, false}, {"unmerged", qwenDir, true}} {
+		m, err := model.Load(tc.dir, model.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	t.Logf("merged logits vs reference base+adapter: max |diff| %.3g", maxd)
-	if maxd > 1e-4 {
-		t.Errorf("max |diff| %.3g > 1e-4", maxd)
+		if tc.attach {
+			m.SetAdapter(a)
+		}
+		logits, err := m.ForwardLogits(m.NewCache(len(g.Merge.Tokens)), g.Merge.Tokens)
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(logits) != len(g.Merge.Logits) {
+			t.Fatalf("%s: %d rows, want %d", tc.name, len(logits), len(g.Merge.Logits))
+		}
+		maxd := 0.0
+		for i := range logits {
+			for j, w := range g.Merge.Logits[i] {
+				maxd = math.Max(maxd, math.Abs(float64(logits[i][j])-w))
+			}
+		}
+		t.Logf("%s logits vs reference base+adapter: max |diff| %.3g", tc.name, maxd)
+		if maxd > 1e-4 {
+			t.Errorf("%s: max |diff| %.3g > 1e-4", tc.name, maxd)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"math"
+
+	"github.com/tunellm/tune/kernels"
 )
 
 // Cache is the KV cache of one sequence: per layer, the post-RoPE keys and the
@@ -125,8 +127,8 @@ func (m *Model) forward(c *Cache, tokens []int, hidden []float32) {
 	cos := c.cos[pos0*half : (pos0+T)*half]
 	sin := c.sin[pos0*half : (pos0+T)*half]
 	for l := range m.layers {
-		m.attentionForward(a, &m.layers[l], c.k[l], c.v[l], cos, sin, nil, pos0, T)
-		m.mlpForward(a, &m.layers[l], T)
+		m.attentionForward(a, l, c.k[l], c.v[l], cos, sin, nil, pos0, T)
+		m.mlpForward(a, l, T)
 	}
 	be.RMSNormForward(hidden[:T*C], x, m.norm, cfg.RMSNormEps, T, C)
 	c.n += T
@@ -143,8 +145,8 @@ func (m *Model) forward(c *Cache, tokens []int, hidden []float32) {
 //
 // With segStart != nil the T rows are packed sequences (ForwardPacked): pos0 is
 // 0, kc and vc are scratch for the T rows, and row t attends from segStart[t].
-func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []float32, segStart []int, pos0, T int) {
-	cfg, be := m.Config, m.be
+func (m *Model) attentionForward(a *activations, l int, kc, vc, cos, sin []float32, segStart []int, pos0, T int) {
+	cfg, be, L := m.Config, m.be, &m.layers[l]
 	C, NH, KVH, HD := cfg.Hidden, cfg.Heads, cfg.KVHeads, cfg.HeadDim
 	kvd := KVH * HD
 	x, xn := a.x[:T*C], a.xn[:T*C]
@@ -152,9 +154,9 @@ func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []fl
 	k := kc[pos0*kvd : (pos0+T)*kvd]
 	v := vc[pos0*kvd : (pos0+T)*kvd]
 	be.RMSNormForward(xn, x, L.inputNorm, cfg.RMSNormEps, T, C)
-	be.MatMulForward(q, xn, L.q, L.qBias, T)
-	be.MatMulForward(k, xn, L.k, L.kBias, T)
-	be.MatMulForward(v, xn, L.v, L.vBias, T)
+	m.linear(l, modQ, q, xn, L.q, L.qBias, T)
+	m.linear(l, modK, k, xn, L.k, L.kBias, T)
+	m.linear(l, modV, v, xn, L.v, L.vBias, T)
 	if L.qNorm != nil {
 		be.RMSNormForward(q, q, L.qNorm, cfg.RMSNormEps, T*NH, HD)
 		be.RMSNormForward(k, k, L.kNorm, cfg.RMSNormEps, T*KVH, HD)
@@ -168,7 +170,7 @@ func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []fl
 		be.AttentionForward(att, q, kc, vc, pos0, T, NH, KVH, HD, L.window)
 	}
 	proj := a.proj[:T*C]
-	be.MatMulForward(proj, att, L.o, L.oBias, T)
+	m.linear(l, modO, proj, att, L.o, L.oBias, T)
 	be.AddForward(x, x, proj)
 }
 
@@ -177,18 +179,46 @@ func (m *Model) attentionForward(a *activations, L *layer, kc, vc, cos, sin []fl
 //	xn = rmsnorm(x) · post_attention_layernorm                 [T,C]
 //	h = silu(xn·Wgateᵀ) * (xn·Wupᵀ)                            [T,I]
 //	x += h·Wdownᵀ                                              [T,C]
-func (m *Model) mlpForward(a *activations, L *layer, T int) {
-	cfg, be := m.Config, m.be
+func (m *Model) mlpForward(a *activations, l int, T int) {
+	cfg, be, L := m.Config, m.be, &m.layers[l]
 	C, I := cfg.Hidden, cfg.Intermediate
 	x, xn := a.x[:T*C], a.xn[:T*C]
 	gate, up := a.gate[:T*I], a.up[:T*I]
 	be.RMSNormForward(xn, x, L.postNorm, cfg.RMSNormEps, T, C)
-	be.MatMulForward(gate, xn, L.gate, L.gateBias, T)
-	be.MatMulForward(up, xn, L.up, L.upBias, T)
+	m.linear(l, modGate, gate, xn, L.gate, L.gateBias, T)
+	m.linear(l, modUp, up, xn, L.up, L.upBias, T)
 	be.SwiGLUForward(gate, gate, up)
 	proj := a.proj[:T*C]
-	be.MatMulForward(proj, gate, L.down, L.downBias, T)
+	m.linear(l, modDown, proj, gate, L.down, L.downBias, T)
 	be.AddForward(x, x, proj)
+}
+
+// linear is one inference projection: out = in·Wᵀ (+b), plus the adapter's delta
+// when SetAdapter attached one that covers (layer l, module mod).
+func (m *Model) linear(l, mod int, out, in []float32, w kernels.Weight, bias []float32, T int) {
+	m.be.MatMulForward(out, in, w, bias, T)
+	if m.adapter != nil && m.adapterHas[l][mod] {
+		m.adapter.Forward(l, AdapterModules[mod], out, in, T, false)
+	}
+}
+
+// SetAdapter makes every inference path (Forward, ForwardPacked, WindowNLL,
+// Generate) add a's deltas to the projections it covers, unmerged, as PEFT's
+// PeftModel does; nil removes it. Training passes take their adapter from
+// TrainOptions instead.
+func (m *Model) SetAdapter(a Adapter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.adapter, m.adapterHas = a, nil
+	if a == nil {
+		return
+	}
+	m.adapterHas = make([][len(AdapterModules)]bool, m.Config.Layers)
+	for l := range m.adapterHas {
+		for i, mod := range AdapterModules {
+			m.adapterHas[l][i] = a.Has(l, mod)
+		}
+	}
 }
 
 // Logits writes the LM head's output for one hidden state: dst[v] = h·W[v,:]

@@ -38,6 +38,10 @@ type Model struct {
 	mu  sync.Mutex
 	act activations
 	nll nllState
+
+	// adapter (SetAdapter) adds unmerged LoRA deltas at inference.
+	adapter    Adapter
+	adapterHas [][len(AdapterModules)]bool // [L][module]
 }
 
 // layer holds one decoder block's parameters under their HF names

@@ -113,8 +113,8 @@ func (m *Model) forwardPacked(tokens, positions, segIDs []int, hidden []float32)
 	x := a.x[:T*C]
 	be.EmbeddingForward(x, tokens, m.embed)
 	for l := range m.layers {
-		m.attentionForward(a, &m.layers[l], s.k, s.v, cos, sin, segStart, 0, T)
-		m.mlpForward(a, &m.layers[l], T)
+		m.attentionForward(a, l, s.k, s.v, cos, sin, segStart, 0, T)
+		m.mlpForward(a, l, T)
 	}
 	be.RMSNormForward(hidden[:T*C], x, m.norm, cfg.RMSNormEps, T, C)
 }

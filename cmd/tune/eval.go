@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/tunellm/tune/data"
 	"github.com/tunellm/tune/eval"
-	"github.com/tunellm/tune/model"
 )
 
 func newCmdEval(f *Factory) *cobra.Command {
@@ -26,13 +25,14 @@ func newCmdEval(f *Factory) *cobra.Command {
 
 // EvalPPLOptions are the inputs of `tune eval ppl`.
 type EvalPPLOptions struct {
-	IO        *IOStreams
-	ModelDir  string
-	Data      string
-	Column    string
-	Ctx       int
-	MaxTokens int
-	JSON      bool
+	IO         *IOStreams
+	ModelDir   string
+	AdapterDir string
+	Data       string
+	Column     string
+	Ctx        int
+	MaxTokens  int
+	JSON       bool
 }
 
 func newCmdEvalPPL(f *Factory, runF func(*EvalPPLOptions) error) *cobra.Command {
@@ -52,7 +52,8 @@ This is the non-overlapping (stride = ctx) perplexity of the transformers guide;
 is lower with a longer --ctx, so compare models at the same --ctx.`,
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw
   tune eval ppl --model ./Qwen3-8B --data data/test-00000-of-00001.parquet --column text --json
-  tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000`,
+  tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000
+  tune eval ppl --model ./Qwen3-8B --adapter ./out/legal/adapter --data legal-heldout.jsonl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
@@ -75,6 +76,7 @@ is lower with a longer --ctx, so compare models at the same --ctx.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter folder to apply, unmerged")
 	fl.StringVar(&opts.Data, "data", "", "corpus: .txt, .jsonl, .json or .parquet")
 	fl.StringVar(&opts.Column, "column", "text", "JSON field or Parquet column holding the text")
 	fl.IntVar(&opts.Ctx, "ctx", 512, "window length in tokens")
@@ -105,7 +107,7 @@ func evalPPLRun(opts *EvalPPLOptions) error {
 	if opts.MaxTokens > 0 && len(ids) > opts.MaxTokens {
 		ids = ids[:opts.MaxTokens]
 	}
-	m, err := model.Load(opts.ModelDir, model.LoadOptions{})
+	m, err := loadModel(opts.ModelDir, opts.AdapterDir)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 type GenerateOptions struct {
 	IO          *IOStreams
 	ModelDir    string
+	AdapterDir  string
 	Prompt      string
 	System      string
 	Chat        bool
@@ -50,7 +51,8 @@ With --chat, the prompt is sent as a user message through the model's chat
 template with the generation prompt added (--system adds a system message).`,
 		Example: `  tune generate --model ./Qwen3-8B --prompt "The capital of France is" --temperature 0
   tune generate --model ./Qwen3-8B --chat --prompt "Write a haiku about rain." --thinking=false
-  tune generate --model ./Qwen3-8B --chat --prompt "Tell a story" --temperature 0.7 --top-p 0.8 --seed 42`,
+  tune generate --model ./Qwen3-8B --chat --prompt "Tell a story" --temperature 0.7 --top-p 0.8 --seed 42
+  tune generate --model ./Qwen3-8B --adapter ./out/legal/adapter --chat --prompt "What is consideration in contract law?"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
@@ -87,6 +89,7 @@ template with the generation prompt added (--system adds a system message).`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter folder to apply, unmerged")
 	fl.StringVar(&opts.Prompt, "prompt", "", "prompt text")
 	fl.StringVar(&opts.System, "system", "", "with --chat: a system message")
 	fl.BoolVar(&opts.Chat, "chat", false, "send the prompt through the model's chat template")
@@ -124,7 +127,7 @@ func generateRun(opts *GenerateOptions) error {
 	if len(prompt) == 0 {
 		return fmt.Errorf("generate: the prompt is empty after tokenization and the tokenizer adds no BOS token; give a non-empty --prompt")
 	}
-	m, err := model.Load(opts.ModelDir, model.LoadOptions{})
+	m, err := loadModel(opts.ModelDir, opts.AdapterDir)
 	if err != nil {
 		return err
 	}

@@ -330,3 +330,36 @@ func TestInspectGGUF(t *testing.T) {
 		t.Errorf("gguf: %d parameters in %d tensors; safetensors: %d in %d", rep.Parameters, len(rep.Tensors), srep.Parameters, len(srep.Tensors))
 	}
 }
+
+// --adapter (unmerged) and `tune merge` (folded in) give the same perplexity; the
+// adapter is the PEFT-format one the PyTorch reference wrote.
+func TestAdapterPPLEqualsMerged(t *testing.T) {
+	adapter := filepath.Join("..", "..", "testdata", "adapters", "qwen3-tied-r4")
+	merged := filepath.Join(t.TempDir(), "merged")
+	if _, _, err := runCLI(t, "", "merge", "--base", modelDir("qwen3-tied"), "--adapter", adapter, "--out", merged, "--dtype", "f32"); err != nil {
+		t.Fatal(err)
+	}
+	ppl := func(args ...string) float64 {
+		t.Helper()
+		out, _, err := runCLI(t, "", append([]string{"eval", "ppl", "--data", "../../testdata/golden/ppl.txt", "--ctx", "64", "--json"}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			PPL float64 `json:"ppl"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatal(err)
+		}
+		return res.PPL
+	}
+	base := ppl("--model", modelDir("qwen3-tied"))
+	unmerged := ppl("--model", modelDir("qwen3-tied"), "--adapter", adapter)
+	folded := ppl("--model", merged)
+	if math.Abs(unmerged-folded) > 1e-5*folded {
+		t.Errorf("ppl with --adapter %.9g, merged %.9g", unmerged, folded)
+	}
+	if math.Abs(unmerged-base) < 1e-3*base {
+		t.Errorf("the adapter did not change ppl (%.6g vs base %.6g)", unmerged, base)
+	}
+}

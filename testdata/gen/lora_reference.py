@@ -502,7 +502,7 @@ def build(spec):
         lab = [-100] * len(prompt) + completion
         base_sum += float(F.cross_entropy(lg[:-1], torch.tensor(lab[1:]), ignore_index=-100, reduction="sum"))
         off += len(ids)
-    assert samp_diff < 1e-5, (name, samp_diff)
+    assert samp_diff < 1e-6 * float(packed.abs().max()) * T, (name, samp_diff)
     notes.append("packed logits vs each sample alone through reference.forward: max |diff| %.2g" % samp_diff)
     zero = peft_init_like(spec, cfg, W, spec["seed"])
     ls0 = float(loss_sum(cfg, W, batch, zero, scale))
@@ -602,7 +602,11 @@ def build(spec):
         fwd = json.load(f)
     toks = fwd["tokens"]
     base = forward(cfg, W, toks)
-    assert torch.equal(base, torch.tensor(fwd["logits"], dtype=torch.float32)), "reference golden drifted"
+    # bit-identical with the BLAS the goldens were made with (Debian's reference libblas)
+    golden_diff = float((base - torch.tensor(fwd["logits"], dtype=torch.float32)).abs().max())
+    assert golden_diff < 1e-4, ("reference golden drifted", name, golden_diff)
+    if golden_diff:
+        notes.append("WARNING: forward differs from %s.json by %.2g (another BLAS?)" % (name, golden_diff))
     unmerged = forward(cfg, W, toks, adapter=adapter, scale=scale)
     merged = forward(cfg, merge(W, adapter, scale), toks)
     md = float((merged - unmerged).abs().max())
