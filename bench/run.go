@@ -48,6 +48,7 @@ func main() {
 	var rows []row
 	rows = append(rows, tokenizerBench(tmp)...)
 	rows = append(rows, forwardBench(tmp)...)
+	rows = append(rows, loraBench(tmp)...)
 	if *dataSz != "0" {
 		rows = append(rows, dataBench(tmp)...)
 	}
@@ -87,6 +88,10 @@ How each number is taken:
   llama.cpp: bench/llamacpp/bench.mjs (pp512 and single-token steps at context 64..192, F16 KV cache), the
   same weights in F32. Medians of the repetitions.
 - Peak RSS: getrusage max RSS of the tune generate run, against the BF16 weight bytes it maps.
+- LoRA step: tune's BenchmarkTrainStep512 (model/backward_test.go: forward + backward of one 512-token
+  packed sequence, rank-16 adapter on every linear module, BF16 base weights; peak RSS of that benchmark
+  process, which holds the model in memory) against testdata/gen/lora_bench.py (PyTorch eager CPU, forward +
+  backward + AdamW on the same shapes, f32 on OpenBLAS and bf16 on oneDNN; its own peak RSS).
 - Data pipeline: bench/data_pipeline.go generates a synthetic chat JSONL and runs data.Prepare on it (all cores,
   max_seq_len 4096, packing, 1% validation split), then again from the cache; peak RSS is VmHWM of that process.
 `
@@ -164,6 +169,72 @@ func forwardBench(tmp string) []row {
 		{name: "prompt processing, 512 tokens, bench-qwen3-small", unit: "tok/s", anchorName: "llama.cpp (F32 GGUF)", tune: median(pp), anchor: median(llpp)},
 		{name: "generation, bench-qwen3-small", unit: "tok/s", anchorName: "llama.cpp (F32 GGUF)", tune: median(tg), anchor: median(lltg)},
 		{name: "peak RSS running bench-qwen3-small (BF16)", unit: "MB", anchorName: "its BF16 weight files", tune: float64(rss) / 1e6, anchor: float64(weights) / 1e6},
+	}
+}
+
+// loraBench: one LoRA training step (r=16 on all 7 linear modules, 512 tokens,
+// forward + backward) on bench-qwen3-small, tune (model.BenchmarkTrainStep512,
+// with and without gradient checkpointing) against PyTorch CPU eager
+// (testdata/gen/lora_bench.py, forward + backward + AdamW) in f32 on OpenBLAS and
+// in bf16 on oneDNN. Debian's torch calls the reference BLAS by default (~50x
+// slower): OpenBLAS is unpacked from Debian's package into tmp for this run only.
+func loraBench(tmp string) []row {
+	bin := filepath.Join(tmp, "model.test")
+	run("go", "test", "-c", "-o", bin, "./model/")
+	cmd := exec.Command(bin, "-test.run", "^$", "-test.bench", "TrainStep512", "-test.benchtime", "3x", "-test.count", "1")
+	cmd.Dir = "model"
+	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+	var o bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &o
+	check(cmd.Run())
+	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) * 1024 / 1e6
+	tune := map[string][2]float64{}
+	re := regexp.MustCompile(`BenchmarkTrainStep512/(\w+)\S*\s.*?([0-9.]+) act-MB\s+([0-9.]+) tokens/s`)
+	for _, m := range re.FindAllStringSubmatch(o.String(), -1) {
+		mb, _ := strconv.ParseFloat(m[2], 64)
+		tps, _ := strconv.ParseFloat(m[3], 64)
+		tune[m[1]] = [2]float64{tps, mb}
+	}
+	if len(tune) != 2 {
+		fail("BenchmarkTrainStep512 printed %q", o.String())
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		fail("the PyTorch anchor needs /usr/bin/python3 with torch: apt-get install python3-torch")
+	}
+	blas := filepath.Join(tmp, "openblas")
+	env := os.Environ()
+	if debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb")); len(debs) == 0 {
+		runIn(tmp, "apt-get", "download", "libopenblas0-openmp")
+	}
+	debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb"))
+	if len(debs) == 1 {
+		run("dpkg", "-x", debs[0], blas)
+		env = append(env, "LD_LIBRARY_PATH="+filepath.Join(blas, "usr/lib/x86_64-linux-gnu/openblas-openmp"))
+	}
+	torch := map[string][2]float64{}
+	for _, dt := range []string{"float32", "bfloat16"} {
+		c := exec.Command("/usr/bin/python3", "testdata/gen/lora_bench.py", "--threads", strconv.Itoa(*threads), "--dtype", dt)
+		c.Env = env
+		var po, pe bytes.Buffer
+		c.Stdout, c.Stderr = &po, &pe
+		if err := c.Run(); err != nil {
+			fail("lora_bench.py --dtype %s: %v\n%s", dt, err, pe.String())
+		}
+		var r struct {
+			TPS float64 `json:"tokens_per_s"`
+			RSS float64 `json:"peak_rss_mb"`
+		}
+		check(json.Unmarshal([]byte(lastLine(po.String())), &r))
+		torch[dt] = [2]float64{r.TPS, r.RSS}
+	}
+	name := "LoRA train step, r=16 all-linear, 512 tokens, bench-qwen3-small"
+	return []row{
+		{name: name, unit: "tok/s", anchorName: "PyTorch f32 (OpenBLAS)", tune: tune["keep"][0], anchor: torch["float32"][0]},
+		{name: name, unit: "tok/s", anchorName: "PyTorch bf16 (oneDNN)", tune: tune["keep"][0], anchor: torch["bfloat16"][0]},
+		{name: name + ", gradient checkpointing", unit: "tok/s", anchorName: "PyTorch bf16 (oneDNN)", tune: tune["checkpointing"][0], anchor: torch["bfloat16"][0]},
+		{name: name + ", activations kept", unit: "MB activations", anchorName: "(absolute)", tune: tune["keep"][1]},
+		{name: name + ", gradient checkpointing", unit: "MB activations", anchorName: "(absolute)", tune: tune["checkpointing"][1]},
+		{name: name + ", peak RSS", unit: "MB", anchorName: "PyTorch bf16 peak RSS", tune: rss, anchor: torch["bfloat16"][1]},
 	}
 }
 
