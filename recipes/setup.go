@@ -161,6 +161,11 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 		j.run, act = l, l.Pass.ActivationBytes()
 	}
 	j.plan.Memory = train.EstimateMemory(weights, act, trainable)
+	if avail, ok := train.AvailableMemory(); ok && !opts.DryRun {
+		if err := j.plan.Memory.Check(avail); err != nil {
+			return fail(err)
+		}
+	}
 	return j, nil
 }
 

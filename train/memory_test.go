@@ -1,0 +1,28 @@
+package train
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestMemoryCheck(t *testing.T) {
+	m := EstimateMemory(100<<30, 3<<30, 1<<28) // trainable: 4 float32 a parameter = 4 GiB
+	if m.Trainable != 4<<30 || m.Total != 107<<30 {
+		t.Fatalf("estimate %+v", m)
+	}
+	if err := m.Check(8 << 30); err != nil {
+		t.Errorf("7 GiB needed, 8 available: %v", err)
+	}
+	err := m.Check(6 << 30)
+	if err == nil {
+		t.Fatal("7 GiB needed, 6 available: no error")
+	}
+	for _, want := range []string{"7.00 GiB", "activations 3.00 GiB", "4.00 GiB", "6.00 GiB is available", "train.max_seq_len"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if _, ok := AvailableMemory(); !ok {
+		t.Log("no /proc/meminfo here")
+	}
+}
