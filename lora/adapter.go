@@ -5,6 +5,8 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 
 	"github.com/tunellm/tune/model"
 )
@@ -32,6 +34,10 @@ type Adapter struct {
 	fwd forwardTask
 	bwd backwardTask
 	g   []float32 // [maxT,R] dout·B, used within one Backward call only
+
+	// DoRA scratch shared by all modules (one call at a time): a dropped-out
+	// input [T,C] and two [T,OC] buffers.
+	xbuf, ybuf, gbuf []float32
 }
 
 // module is one adapted linear layer: views into the slabs plus the state
@@ -43,6 +49,8 @@ type module struct {
 	da, db   []float32 // same shapes, in the grads slab
 
 	u []float32 // [maxT,R]: dropout(x)·Aᵀ, saved by Forward for Backward
+
+	dora *doraState // nil without use_dora
 	// What the last Forward did, so Backward rebuilds the same dropout mask
 	// even if SetDropoutStep was called in between.
 	fwdT    int
@@ -55,7 +63,7 @@ type Tensor struct {
 	Name   string // PEFT name, e.g. base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
 	Layer  int
 	Module string    // "q_proj", ...
-	Shape  []int     // [R,C] for lora_A, [OC,R] for lora_B
+	Shape  []int     // [R,C] for lora_A, [OC,R] for lora_B, [OC] for lora_magnitude_vector (DoRA)
 	Offset int       // where Data and Grad start in Params() and Grads()
 	Data   []float32 // view of Params()
 	Grad   []float32 // view of Grads()
@@ -71,6 +79,12 @@ type Tensor struct {
 // seeded by (seed, tensor name): the same seed gives the same adapter
 // whatever else is targeted, but the values cannot match torch's generator,
 // only its distribution. seed also drives dropout.
+//
+// With use_dora the magnitude vector m [OC] of each module starts at zero and
+// is set to ‖W + s·B·A‖ per row (= ‖W‖ with B = 0), as PEFT's
+// DoraLinearLayer.update_layer does, when a model binds the adapter
+// (model.NewPass or SetAdapter call BindBase): the base weight is not known
+// before.
 func New(cfg Config, mc *model.Config, seed uint64) (*Adapter, error) {
 	a, err := newAdapter(cfg, mc)
 	if err != nil {
@@ -78,7 +92,7 @@ func New(cfg Config, mc *model.Config, seed uint64) (*Adapter, error) {
 	}
 	a.seed = seed
 	for _, t := range a.tensors {
-		if t.Shape[0] != a.cfg.R { // lora_B: zeros already
+		if !strings.HasSuffix(t.Name, ".lora_A.weight") { // lora_B: zeros; magnitude: set by BindBase
 			continue
 		}
 		h := fnv.New64a()
@@ -106,6 +120,9 @@ func newAdapter(cfg Config, mc *model.Config) (*Adapter, error) {
 			if on {
 				out, in := moduleShape(mc, m)
 				n += R*in + out*R
+				if r.cfg.UseDoRA {
+					n += out
+				}
 			}
 		}
 	}
@@ -130,6 +147,12 @@ func newAdapter(cfg Config, mc *model.Config) (*Adapter, error) {
 			a.tensors = append(a.tensors, Tensor{Name: prefix + ".lora_B.weight", Layer: l, Module: Modules[m],
 				Shape: []int{out, R}, Offset: off, Data: md.b, Grad: md.db})
 			off += out * R
+			if a.cfg.UseDoRA {
+				md.dora = &doraState{mag: a.params[off : off+out : off+out], dmag: a.grads[off : off+out : off+out]}
+				a.tensors = append(a.tensors, Tensor{Name: prefix + ".lora_magnitude_vector", Layer: l, Module: Modules[m],
+					Shape: []int{out}, Offset: off, Data: md.dora.mag, Grad: md.dora.dmag})
+				off += out
+			}
 			a.mods[l][m] = md
 		}
 	}
@@ -205,6 +228,17 @@ func (a *Adapter) Reserve(maxT int) {
 	p.mu.Lock()
 	a.growG(maxT)
 	p.mu.Unlock()
+	if a.cfg.UseDoRA {
+		C, OC := 0, 0
+		for _, row := range a.mods {
+			for _, md := range row {
+				if md != nil {
+					C, OC = max(C, md.in), max(OC, md.out)
+				}
+			}
+		}
+		a.growDoRA(maxT, C, OC)
+	}
 }
 
 // growG sizes the shared Backward scratch; the caller holds the pool lock.
@@ -220,7 +254,21 @@ func (md *module) reserve(T, R int) {
 	}
 }
 
-// MergedWeight returns w + scaling·B·A for the module, w being its base
+// checkMagnitudes fails when a DoRA magnitude was never set (a new adapter
+// not yet bound to a model), rather than saving or merging zeros.
+func (a *Adapter) checkMagnitudes() error {
+	for _, row := range a.mods {
+		for _, md := range row {
+			if md != nil && md.dora != nil && !slices.ContainsFunc(md.dora.mag, func(v float32) bool { return v != 0 }) {
+				return fmt.Errorf("layer %d %s: DoRA magnitude is all zero (a new DoRA adapter gets it when bound to its base model by model.NewPass or SetAdapter)", md.layer, Modules[md.m])
+			}
+		}
+	}
+	return nil
+}
+
+// MergedWeight returns w + scaling·B·A for the module (with DoRA,
+// (m/‖w + scaling·B·A‖)·(w + scaling·B·A) row by row), w being its base
 // weight [OC,C] as float32, summed in float64 and rounded once; it is what
 // Merge writes for that tensor before the cast to the output dtype.
 func (a *Adapter) MergedWeight(layer int, module string, w []float32) ([]float32, error) {
@@ -256,8 +304,22 @@ func (a *Adapter) mergeRows(md *module, dst, w []float32, o0, n int) {
 		}
 		d := dst[i*C : (i+1)*C]
 		wr := w[i*C : (i+1)*C]
+		if md.dora == nil {
+			for c := range d {
+				d[c] = float32(float64(wr[c]) + s*acc[c])
+			}
+			continue
+		}
+		// DoRA (PEFT Linear.merge with use_dora): W' = (m/‖W + s·B·A‖)·(W + s·B·A)
+		// row by row; the bias is left alone.
+		var sum float64
+		for c := range acc {
+			acc[c] = float64(wr[c]) + s*acc[c]
+			sum += acc[c] * acc[c]
+		}
+		f := float64(md.dora.mag[o0+i]) / math.Sqrt(sum)
 		for c := range d {
-			d[c] = float32(float64(wr[c]) + s*acc[c])
+			d[c] = float32(f * acc[c])
 		}
 	}
 }

@@ -36,7 +36,7 @@ type Config struct {
 	TargetModules     []string
 	LayersToTransform []int  // layers_to_transform; nil: every layer
 	UseRSLoRA         bool   // use_rslora: scaling = alpha/√r instead of alpha/r
-	UseDoRA           bool   // use_dora: not supported yet (New and Load fail)
+	UseDoRA           bool   // use_dora: DoRA, a trained magnitude per output row (see dora.go)
 	Bias              string // "none" (or ""); PEFT's "all" and "lora_only" are not supported
 	BaseModel         string // base_model_name_or_path, written to adapter_config.json
 }
@@ -121,9 +121,6 @@ func resolve(c Config, mc *model.Config) (*resolved, error) {
 		c.Bias = "none"
 	default:
 		return nil, fmt.Errorf("lora: bias %q is not supported (supported: none)", c.Bias)
-	}
-	if c.UseDoRA {
-		return nil, fmt.Errorf("lora: use_dora: DoRA is not supported yet (supported: use_dora = false)")
 	}
 	L := mc.Layers
 	if c.LayersToTransform != nil {

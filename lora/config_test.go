@@ -22,7 +22,6 @@ func TestConfigErrors(t *testing.T) {
 		{"lm_head", Config{R: 4, Alpha: 8, TargetModules: []string{"lm_head"}}, "LoRA on embeddings and lm_head is not supported"},
 		{"layer out of range", Config{R: 4, Alpha: 8, LayersToTransform: []int{0, 3}}, "layers_to_transform: layer 3 out of range (the model has 3 layers: 0..2)"},
 		{"negative layer", Config{R: 4, Alpha: 8, LayersToTransform: []int{-1}}, "layer -1 out of range"},
-		{"dora", Config{R: 4, Alpha: 8, UseDoRA: true}, "DoRA is not supported yet"},
 		{"bias", Config{R: 4, Alpha: 8, Bias: "all"}, `bias "all" is not supported (supported: none)`},
 		{"layer and suffix adapt nothing", Config{R: 4, Alpha: 8, TargetModules: []string{"layers.0.self_attn.q_proj"}, LayersToTransform: []int{1}}, "adapt no module"},
 	} {

@@ -9,7 +9,10 @@
 //
 //	y = x·Wᵀ + scaling · dropout(x)·Aᵀ·Bᵀ,  scaling = lora_alpha/r (or /√r with rsLoRA)
 //
-// with A [R,in] and B [out,R]. Parameters and gradients live in one fp32
+// with A [R,in] and B [out,R]. With use_dora (DoRA, PEFT's dora.py) a
+// trained magnitude m [out] rescales each output row by m/‖W + scaling·B·A‖
+// (see dora.go); the adapter then reads the frozen W, which the model hands it
+// through model.BaseAware. Parameters and gradients live in one fp32
 // slab each (Params, Grads) with named views (Tensors). Random numbers are
 // this package's own (PCG for the init, a counter-based hash for dropout
 // masks, a pure function of seed, step, layer, module, row and column), so
@@ -17,7 +20,7 @@
 //
 // It is not a trainer (package train owns the
 // loop and the optimizer) and it does not run the base layers: the model calls
-// Forward and Backward through its Adapter hook. DoRA, bias training,
+// Forward and Backward through its Adapter hook. Bias training,
 // rank/alpha patterns and LoRA on embeddings or lm_head are not supported.
 //
 // Shape legend: T rows (tokens), C in_features, OC out_features, R rank,

@@ -98,6 +98,10 @@ func (a *Adapter) Forward(layer int, name string, out /*[T,OC]*/, in /*[T,C]*/ [
 	md.fwdT = T
 	d := a.dropoutFor(md, train, a.maskKey(md))
 	md.fwdDrop, md.fwdKey = d.on, d.key
+	if md.dora != nil {
+		a.doraForward(md, out, in, T, d)
+		return
+	}
 	p := sharedPool()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -184,6 +188,16 @@ func (a *Adapter) Backward(layer int, name string, din /*[T,C]*/, dout /*[T,OC]*
 	if md.fwdDrop {
 		d = a.dropoutFor(md, true, md.fwdKey)
 	}
+	if md.dora != nil {
+		a.doraBackward(md, din, dout, in, T, d)
+		return
+	}
+	a.loraBackward(md, din, dout, in, T, d)
+}
+
+// loraBackward is Backward's body for the plain low-rank branch; d is the
+// mask the matching Forward used.
+func (a *Adapter) loraBackward(md *module, din, dout, in []float32, T int, d dropout) {
 	p := sharedPool()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -46,7 +46,8 @@ func Merge(baseDir, outDir string, a *Adapter, dtype string) error {
 
 // MergeWith writes outDir, a complete Hugging Face model folder: the base's
 // tensors with W' = W + scaling·B·A on every adapted module (PEFT's
-// merge_and_unload), everything in the output dtype as save_pretrained
+// merge_and_unload; with DoRA W' = (m/‖W + scaling·B·A‖)·(W + scaling·B·A)
+// per row), everything in the output dtype as save_pretrained
 // writes a model loaded in that dtype (norms included), sharded at
 // MaxShardBytes with model.safetensors.index.json, config.json with
 // torch_dtype updated, and the generation config, tokenizer and chat
@@ -68,6 +69,9 @@ func MergeWith(baseDir, outDir string, a *Adapter, opts MergeOptions) error {
 	}
 	if err := a.checkBase(mc); err != nil {
 		return fmt.Errorf("lora: merge %s: %w", baseDir, err)
+	}
+	if err := a.checkMagnitudes(); err != nil {
+		return fmt.Errorf("lora: merge: %w", err)
 	}
 	dtName := opts.DType
 	if dtName == "" {

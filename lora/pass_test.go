@@ -61,6 +61,7 @@ func TestPassGolden(t *testing.T) {
 	for _, tc := range []struct{ golden, base string }{
 		{"../testdata/golden/lora-qwen3-tied.json", qwenDir},
 		{"../testdata/golden/lora-llama3.json", llamaDir},
+		{"../testdata/golden/lora-dora-qwen3-tied.json", qwenDir},
 	} {
 		t.Run(filepath.Base(tc.golden), func(t *testing.T) {
 			g, grads := readGolden(t, tc.golden)

@@ -91,7 +91,7 @@ func (a *Adapter) configDict() map[string]any {
 		"task_type":               "CAUSAL_LM",
 		"trainable_token_indices": nil,
 		"use_bdlora":              nil,
-		"use_dora":                false,
+		"use_dora":                c.UseDoRA,
 		"use_qalora":              false,
 		"use_rslora":              c.UseRSLoRA,
 		"velora_config":           nil,
@@ -107,6 +107,9 @@ func (a *Adapter) Save(dir string, dtype string) error {
 	dt, err := parseDType(dtype)
 	if err != nil {
 		return err
+	}
+	if err := a.checkMagnitudes(); err != nil {
+		return fmt.Errorf("lora: save: %w", err)
 	}
 	ts := make([]safetensors.WriteTensor, len(a.tensors))
 	for i, t := range a.tensors {
@@ -388,6 +391,9 @@ func (a *Adapter) explainShape(t Tensor) string {
 		4: "hidden_size", 5: "hidden_size", 6: "intermediate_size"}[m]
 	outName := map[int]string{0: "num_attention_heads*head_dim", 1: "num_key_value_heads*head_dim", 2: "num_key_value_heads*head_dim",
 		3: "hidden_size", 4: "intermediate_size", 5: "intermediate_size", 6: "hidden_size"}[m]
+	if strings.HasSuffix(t.Name, ".lora_magnitude_vector") {
+		return fmt.Sprintf("%s=%d", outName, t.Shape[0])
+	}
 	if strings.HasSuffix(t.Name, ".lora_A.weight") {
 		return fmt.Sprintf("r=%d, %s=%d", a.cfg.R, inName, t.Shape[1])
 	}
@@ -396,8 +402,8 @@ func (a *Adapter) explainShape(t Tensor) string {
 
 // explainUnknown says why a tensor name is not one of the adapter's.
 func (a *Adapter) explainUnknown(name string) string {
-	if strings.Contains(name, "lora_magnitude_vector") {
-		return fmt.Sprintf("tensor %s: DoRA is not supported", name)
+	if strings.Contains(name, "lora_magnitude_vector") && !a.cfg.UseDoRA {
+		return fmt.Sprintf("tensor %s: a DoRA magnitude, but adapter_config.json has use_dora false", name)
 	}
 	var l int
 	var mod, ab string

@@ -288,8 +288,9 @@ func TestLoadBad(t *testing.T) {
 			want: `target_modules = ".*q_proj": a regular expression is not supported`},
 		{name: "dora magnitude", edit: func(ts []safetensors.WriteTensor) []safetensors.WriteTensor {
 			return append(ts, zeros("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", safetensors.F32, 1, 64))
-		}, want: "DoRA is not supported"},
-		{name: "use_dora", config: func(c map[string]any) { c["use_dora"] = true }, want: "DoRA is not supported yet"},
+		}, want: "a DoRA magnitude, but adapter_config.json has use_dora false"},
+		{name: "use_dora without magnitudes", config: func(c map[string]any) { c["use_dora"] = true },
+			want: "self_attn.q_proj.lora_magnitude_vector is missing"},
 		{name: "rank_pattern", config: func(c map[string]any) { c["rank_pattern"] = map[string]any{"q_proj": 8} }, want: "rank_pattern = "},
 		{name: "modules_to_save", config: func(c map[string]any) { c["modules_to_save"] = []string{"lm_head"} }, want: "modules_to_save = "},
 		{name: "bias", config: func(c map[string]any) { c["bias"] = "lora_only" }, want: `bias "lora_only" is not supported`},

@@ -1,5 +1,7 @@
 package model
 
+import "github.com/tunellm/tune/kernels"
+
 // Adapter adds trainable low-rank deltas to the frozen linear layers (package
 // lora implements it); the model only calls it through this hook, after each
 // base projection in a training Pass.
@@ -46,3 +48,34 @@ const (
 	modDown
 	numModules
 )
+
+// BaseAware is an optional interface of an Adapter whose delta depends on the
+// frozen projection itself and not only on its input: DoRA (PEFT
+// use_dora) rescales each output row by m/‖W + s·B·A‖ and so needs W for the
+// norm, x·Wᵀ on its own (dropped-out) input, and dout·W for the input grad.
+// Rather than widening Forward/Backward for every adapter, NewPass and
+// SetAdapter call BindBase once per adapted (layer, module), before any
+// Forward, with the weight [OC,C] and bias [OC] (nil when none) the projection
+// computes with and the backend that runs it. The views are read-only and
+// stay valid while the model is open.
+type BaseAware interface {
+	BindBase(layer int, module string, be kernels.Backend, w kernels.Weight, bias []float32)
+}
+
+// bindBase hands the adapter the projections it covers when it asks for them.
+func bindBase(a Adapter, be kernels.Backend, layers []layer, has [][numModules]bool) {
+	ba, ok := a.(BaseAware)
+	if !ok {
+		return
+	}
+	for l := range layers {
+		L := &layers[l]
+		ws := [numModules]kernels.Weight{L.q, L.k, L.v, L.o, L.gate, L.up, L.down}
+		bs := [numModules][]float32{L.qBias, L.kBias, L.vBias, L.oBias, L.gateBias, L.upBias, L.downBias}
+		for i := range ws {
+			if has[l][i] {
+				ba.BindBase(l, AdapterModules[i], be, ws[i], bs[i])
+			}
+		}
+	}
+}

@@ -219,6 +219,7 @@ func (m *Model) SetAdapter(a Adapter) {
 			m.adapterHas[l][i] = a.Has(l, mod)
 		}
 	}
+	bindBase(a, m.be, m.layers, m.adapterHas)
 }
 
 // Logits writes the LM head's output for one hidden state: dst[v] = h·W[v,:]

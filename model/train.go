@@ -142,6 +142,9 @@ func (m *Model) NewPass(maxT int, opts TrainOptions) (*Pass, error) {
 			return nil, err
 		}
 	}
+	if opts.Adapter != nil {
+		bindBase(opts.Adapter, m.be, p.layers, p.has)
+	}
 	p.acts = make([]float32, p.carve(nil))
 	p.carve(p.acts)
 	half := c.HeadDim / 2

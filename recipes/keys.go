@@ -44,7 +44,7 @@ var keys = []key{
 	{"lora.target_modules", "list", "all-linear", "linear layers to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all-linear", func(r *Recipe) any { return &r.LoRA.TargetModules }},
 	{"lora.layers_to_transform", "ints", "[]", "decoder layers to adapt (empty: all)", func(r *Recipe) any { return &r.LoRA.LayersToTransform }},
 	{"lora.use_rslora", "bool", "false", "rank-stabilized scale alpha/sqrt(r)", func(r *Recipe) any { return &r.LoRA.UseRSLoRA }},
-	{"lora.use_dora", "bool", "false", "weight-decomposed LoRA (not supported yet)", func(r *Recipe) any { return &r.LoRA.UseDoRA }},
+	{"lora.use_dora", "bool", "false", "weight-decomposed LoRA (DoRA, PEFT use_dora): a trained magnitude per output row", func(r *Recipe) any { return &r.LoRA.UseDoRA }},
 	{"lora.init_adapter", "path", "", "continue training from this PEFT adapter folder", func(r *Recipe) any { return &r.LoRA.InitAdapter }},
 
 	{"train.mode", "string", "lora", "lora (train an adapter) or full (train every weight)", func(r *Recipe) any { return &r.Train.Mode }},

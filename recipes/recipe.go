@@ -366,9 +366,6 @@ func (r *Recipe) Validate() error {
 	if len(r.LoRA.TargetModules) == 0 {
 		return r.errorf("lora.target_modules", "empty: name modules (q_proj, v_proj, ...) or all-linear")
 	}
-	if r.LoRA.UseDoRA {
-		return r.errorf("lora.use_dora", "DoRA is not supported yet")
-	}
 	if t.Mode == "full" && r.LoRA.InitAdapter != "" {
 		return r.errorf("lora.init_adapter", "set with train.mode full: an adapter only continues a LoRA run")
 	}

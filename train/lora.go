@@ -1,6 +1,7 @@
 package train
 
 import (
+	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/lora"
 	"github.com/tunellm/tune/model"
 )
@@ -38,6 +39,12 @@ func (h *evalHook) Forward(layer int, module string, out, in []float32, T int, t
 }
 func (h *evalHook) Backward(layer int, module string, din, dout, in []float32, T int) {
 	h.a.Backward(layer, module, din, dout, in, T)
+}
+
+// BindBase passes the base projections a DoRA adapter needs (model.BaseAware)
+// through to the adapter.
+func (h *evalHook) BindBase(layer int, module string, be kernels.Backend, w kernels.Weight, bias []float32) {
+	h.a.BindBase(layer, module, be, w, bias)
 }
 
 func (l *LoRA) Forward(tokens, positions, segIDs, labels []int32) (float64, int, error) {

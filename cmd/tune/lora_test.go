@@ -330,3 +330,58 @@ func waitFor(t *testing.T, cond func() bool, limit time.Duration, stderr *locked
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// DoRA end to end: trains, saves PEFT's lora_magnitude_vector tensors, and the
+// merged folder scores as the unmerged adapter does.
+func TestDoRAFineTuneMergeAndAdapterAgree(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains for a few seconds")
+	}
+	dir := t.TempDir()
+	if _, _, err := runCLI(t, "", append([]string{"lora", "--recipe", tinyRecipe()}, tinySets(dir, "lora.use_dora=true", "lora.dropout=0.1")...)...); err != nil {
+		t.Fatal(err)
+	}
+	evals := readEvals(t, filepath.Join(dir, "run", "metrics.jsonl"))
+	if first, last := evals[0].EvalLoss, evals[len(evals)-1].EvalLoss; !(last < 0.5*first) {
+		t.Errorf("held-out loss %.4f -> %.4f: want it at least halved", first, last)
+	}
+	adapter := filepath.Join(dir, "run", "adapter")
+	out, _, err := runCLI(t, "", "inspect", adapter, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep inspectReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	mags := 0
+	for _, tt := range rep.Tensors {
+		if strings.HasSuffix(tt.Name, ".lora_magnitude_vector") {
+			mags++
+		}
+	}
+	if want := 2 * 7; mags != want { // 2 layers x 7 modules
+		t.Errorf("%d magnitude vectors, want %d", mags, want)
+	}
+	merged := filepath.Join(dir, "merged")
+	if _, _, err := runCLI(t, "", "merge", "--base", modelDir("qwen3-tied"), "--adapter", adapter, "--out", merged, "--dtype", "f32"); err != nil {
+		t.Fatal(err)
+	}
+	nll := func(args ...string) float64 {
+		out, _, err := runCLI(t, "", append([]string{"eval", "ppl", "--data", "../../testdata/golden/ppl.txt", "--json"}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			NLL float64 `json:"nll"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.NLL
+	}
+	a, m := nll("--model", modelDir("qwen3-tied"), "--adapter", adapter), nll("--model", merged)
+	if d := a - m; d > 1e-5 || d < -1e-5 {
+		t.Errorf("mean nll with --adapter %.8f, merged %.8f", a, m)
+	}
+}

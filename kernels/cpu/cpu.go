@@ -57,8 +57,8 @@ type Backend struct {
 	// Backward scratch, grown on first use: per-row 1/rms (RMSNormBackward),
 	// per-(row, head) log-sum-exp and dout·out (PackedAttentionBackward).
 	rstd, lse, dsum []float32
-	// MatMulBackward's transposed dout and input ([OC,T], [C,T]) for dW.
-	doutT, inT []float32
+	// MatMulBackward's transposed dout ([OC,T]) for dW.
+	doutT []float32
 }
 
 var _ kernels.Backend = (*Backend)(nil)

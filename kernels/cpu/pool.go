@@ -16,7 +16,8 @@ type worker struct {
 	wbuf    []float32 // converted weight tile
 	scores  []float32 // attention scores
 	scores2 []float32 // attention backward: dout·v per key
-	row     []float32 // matmul backward: one converted weight row segment
+	row     []float32 // matmul: one converted weight row segment
+	cs      []float32 // matmul: a micro-kernel's output block at the edges
 	acc     []float32 // attention backward: dk, dv accumulators
 }
 

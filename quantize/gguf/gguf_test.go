@@ -217,7 +217,7 @@ func TestTensorBytes(t *testing.T) {
 		{TypeQ8_0, []int{64, 2}, 0, "not a multiple of the block size 32"},
 		{TypeF32, []int{1 << 40, 1 << 40}, 0, "overflows"},
 		{TypeF32, []int{1 << 31, 1 << 31}, 0, "overflows"}, // elements fit, bytes do not
-		{Type(2), []int{32}, 0, "unsupported ggml type 2"},
+		{Type(4), []int{32}, 0, "unsupported ggml type 4"}, // Q4_2, removed from ggml
 		{TypeF32, []int{-1}, 0, "negative"},
 		{TypeF32, []int{}, 4, ""}, // a scalar
 	}
@@ -330,7 +330,7 @@ func TestReadErrors(t *testing.T) {
 		{"nested array", mod(func(b []byte) []byte { le.PutUint32(b[86:], 9); return b }), "nested arrays"},
 		{"dup key", dupKeyImage(t), `duplicate key "k1"`},
 		{"n_dims", mod(func(b []byte) []byte { le.PutUint32(b[115:], 5); return b }), `tensor "w": 5 dims`},
-		{"ggml type", mod(func(b []byte) []byte { le.PutUint32(b[135:], 2); return b }), `tensor "w": unsupported ggml type 2`},
+		{"ggml type", mod(func(b []byte) []byte { le.PutUint32(b[135:], 4); return b }), `tensor "w": unsupported ggml type 4`},
 		{"misaligned", mod(func(b []byte) []byte { le.PutUint64(b[139:], 4); return b }), `tensor "w": offset 4 is not a multiple`},
 		{"out of range", mod(func(b []byte) []byte { le.PutUint64(b[172:], 1<<20); return b }), `tensor "n": data [1048576,1048592) beyond data size`},
 		{"overlap", mod(func(b []byte) []byte { le.PutUint64(b[172:], 0); return b }), "overlaps"},

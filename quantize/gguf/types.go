@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"sort"
+	"strings"
 )
 
 // Type is a ggml tensor element type, as stored in a tensor info
@@ -13,7 +15,18 @@ type Type uint32
 const (
 	TypeF32  Type = 0
 	TypeF16  Type = 1
+	TypeQ4_0 Type = 2
+	TypeQ4_1 Type = 3
+	TypeQ5_0 Type = 6
+	TypeQ5_1 Type = 7
 	TypeQ8_0 Type = 8
+	TypeQ8_1 Type = 9
+	TypeQ2_K Type = 10
+	TypeQ3_K Type = 11
+	TypeQ4_K Type = 12
+	TypeQ5_K Type = 13
+	TypeQ6_K Type = 14
+	TypeQ8_K Type = 15
 	TypeBF16 Type = 30
 )
 
@@ -28,10 +41,22 @@ type Traits struct {
 
 // types lists the types this package can size. ggml has more; a file using
 // one of them is reported as unsupported rather than guessed at.
+// Sizes are ggml-common.h's block structs (QK_K = 256).
 var types = map[Type]Traits{
 	TypeF32:  {"F32", 1, 4},
 	TypeF16:  {"F16", 1, 2},
-	TypeQ8_0: {"Q8_0", 32, 34}, // block_q8_0: f16 scale + 32 int8
+	TypeQ4_0: {"Q4_0", 32, 18},   // f16 d + 16 nibble bytes
+	TypeQ4_1: {"Q4_1", 32, 20},   // f16 d, m + 16
+	TypeQ5_0: {"Q5_0", 32, 22},   // f16 d + 4 high bits + 16
+	TypeQ5_1: {"Q5_1", 32, 24},   // f16 d, m + 4 + 16
+	TypeQ8_0: {"Q8_0", 32, 34},   // block_q8_0: f16 scale + 32 int8
+	TypeQ8_1: {"Q8_1", 32, 36},   // f16 d, s + 32 int8
+	TypeQ2_K: {"Q2_K", 256, 84},  // 16 scales + 64 qs + f16 d, dmin
+	TypeQ3_K: {"Q3_K", 256, 110}, // 32 hmask + 64 qs + 12 scales + f16 d
+	TypeQ4_K: {"Q4_K", 256, 144}, // f16 d, dmin + 12 scales + 128 qs
+	TypeQ5_K: {"Q5_K", 256, 176}, // f16 d, dmin + 12 scales + 32 qh + 128 qs
+	TypeQ6_K: {"Q6_K", 256, 210}, // 128 ql + 64 qh + 16 scales + f16 d
+	TypeQ8_K: {"Q8_K", 256, 292}, // f32 d + 256 int8 + 16 int16 bsums
 	TypeBF16: {"BF16", 1, 2},
 }
 
@@ -50,7 +75,16 @@ func (t Type) String() string {
 
 // validTypes names the supported types, for "unsupported" errors.
 func validTypes() string {
-	return "F32 (0), F16 (1), Q8_0 (8), BF16 (30)"
+	ids := make([]int, 0, len(types))
+	for t := range types {
+		ids = append(ids, int(t))
+	}
+	sort.Ints(ids)
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = fmt.Sprintf("%s (%d)", types[Type(id)].Name, id)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // TensorBytes returns the byte size of a tensor of type t and the given

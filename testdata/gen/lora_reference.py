@@ -15,6 +15,16 @@ validated against the Go model) and adds what PEFT adds on top of transformers:
                          kaiming_uniform_(A, a=sqrt(5)), zeros_(B).
   - merge                Linear.get_delta_weight: W += (B @ A) * scaling (fan_in_fan_out
                          false), in the weight's dtype.
+  - DoRA (use_dora)      peft tuners/lora/dora.py DoraLinearLayer + variants.py
+                         DoraLinearVariant.forward: lora_weight = lora_B(lora_A(eye)).T,
+                         weight_norm = ||W + scaling*lora_weight||_2 over dim 1, detached;
+                         mag_norm_scale = m / weight_norm; with no dropout base_result =
+                         result - bias; result += (mag_norm_scale - 1) * base_result +
+                         mag_norm_scale * lora_B(lora_A(x)) * scaling. update_layer: m =
+                         weight_norm at init. Merge: W' = (m / ||W + delta||)[:, None] *
+                         (W + delta), delta = (B @ A) * scaling. Saved as
+                         base_model.model.<module>.lora_magnitude_vector [out] (save_and_load.py
+                         strips the ".weight" of lora_magnitude_vector.default.weight).
   - targeting            tuners_utils.check_target_module_exists: a module is wrapped when its
                          name ends in one of target_modules and, with layers_to_transform, its
                          "layers.<i>." index is listed.
@@ -111,6 +121,19 @@ LORA_SPECS = [
         "layers_to_transform": [1],
         "samples": llama3_samples,
     },
+    {
+        "model": "qwen3-tied",
+        "adapter": "qwen3-tied-r4-dora",
+        "golden": "lora-dora-qwen3-tied",
+        "seed": 2003,
+        "r": 4,
+        "lora_alpha": 8,
+        "use_rslora": False,
+        "use_dora": True,
+        "target_modules": ALL_LINEAR,
+        "layers_to_transform": None,
+        "samples": qwen3_samples,
+    },
 ]
 
 
@@ -141,6 +164,17 @@ def peft_key(module, ab):
     return "base_model.model.%s.lora_%s.weight" % (module, ab)
 
 
+def mag_key(module):
+    return "base_model.model.%s.lora_magnitude_vector" % module
+
+
+def dora_weight_norm(w, a, b, scale):
+    """DoraLinearLayer.get_weight_norm(W, lora_B(lora_A(eye)).T, scaling), as forward calls it."""
+    eye = torch.eye(a.shape[1], dtype=w.dtype)
+    lora_weight = F.linear(F.linear(eye, a), b).T
+    return torch.linalg.norm(w + scale * lora_weight, dim=1).to(w.dtype)
+
+
 def init_adapter(spec, cfg, W):
     """{peft name: f32 tensor}, A [r,in] and B [out,r] both N(0, ADAPTER_STD^2)."""
     g = torch.Generator().manual_seed(spec["seed"])
@@ -149,6 +183,13 @@ def init_adapter(spec, cfg, W):
         o, i = W[mod + ".weight"].shape
         out[peft_key(mod, "A")] = torch.randn(spec["r"], i, generator=g) * ADAPTER_STD
         out[peft_key(mod, "B")] = torch.randn(o, spec["r"], generator=g) * ADAPTER_STD
+    if spec.get("use_dora"):
+        # PEFT's init m = ||W + s B A|| per row, then scaled by 1 + N(0, 0.1^2) so that
+        # m / ||W + s B A|| != 1 and every term of the DoRA gradient is exercised.
+        for mod in target_modules(spec, cfg):
+            a, b = out[peft_key(mod, "A")], out[peft_key(mod, "B")]
+            n = dora_weight_norm(W[mod + ".weight"].to(torch.float32), a, b, scaling_of(spec))
+            out[mag_key(mod)] = n * (1 + torch.randn(n.shape, generator=g) * ADAPTER_STD)
     return out
 
 
@@ -162,6 +203,9 @@ def peft_init_like(spec, cfg, W, seed):
         torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         out[peft_key(mod, "A")] = a
         out[peft_key(mod, "B")] = torch.zeros(o, spec["r"])
+        if spec.get("use_dora"):  # DoraLinearLayer.update_layer: m = ||W + s B A|| = ||W||
+            out[mag_key(mod)] = dora_weight_norm(W[mod + ".weight"].to(torch.float32), a, out[peft_key(mod, "B")],
+                                                 scaling_of(spec))
     return out
 
 
@@ -203,7 +247,7 @@ def adapter_config(spec):
         "task_type": "CAUSAL_LM",
         "trainable_token_indices": None,
         "use_bdlora": None,
-        "use_dora": False,
+        "use_dora": bool(spec.get("use_dora", False)),
         "use_qalora": False,
         "use_rslora": spec["use_rslora"],
     }
@@ -226,7 +270,7 @@ def write_adapter(spec, adapter):
 
 
 def merge(W, adapter, scale):
-    """PEFT merge_and_unload: W += (B @ A) * scaling, in f32."""
+    """PEFT merge_and_unload: W += (B @ A) * scaling, in f32 (DoRA: Linear.merge's dora branch)."""
     out = dict(W)
     for k in adapter:
         if not k.endswith(".lora_A.weight"):
@@ -234,6 +278,11 @@ def merge(W, adapter, scale):
         mod = k[len("base_model.model."):-len(".lora_A.weight")]
         a, b = adapter[k], adapter[peft_key(mod, "B")]
         out[mod + ".weight"] = W[mod + ".weight"].to(torch.float32) + (b @ a) * scale
+        if mag_key(mod) in adapter:
+            w0, delta = W[mod + ".weight"].to(torch.float32), (b @ a) * scale
+            weight_norm = torch.linalg.norm(w0 + delta, dim=1)  # get_weight_norm(orig, delta, scaling=1)
+            dora_factor = adapter[mag_key(mod)] / weight_norm
+            out[mod + ".weight"] = dora_factor.view(-1, 1) * (w0 + delta)
     return out
 
 
@@ -242,28 +291,46 @@ def merge(W, adapter, scale):
 # ---------------------------------------------------------------------------------------
 
 
-def forward(cfg, W, ids, positions=None, seg=None, adapter=None, scale=0.0, dtype=torch.float32):
+def forward(cfg, W, ids, positions=None, seg=None, adapter=None, scale=0.0, dtype=torch.float32, norm_from=None):
     """Logits [T, V] of a packed sequence with an optional unmerged LoRA adapter.
 
     The same computation as reference.forward, op for op (checked bit for bit on one
     segment without adapter), with RoPE angles from positions[t] and attention limited to
     keys of the same segment. adapter maps PEFT names to tensors (which may require grad).
+    norm_from (DoRA finite differences only): take A and B for the detached weight norm from
+    this adapter instead, so that a perturbation moves only what autograd differentiates.
     """
     T = len(ids)
     positions = list(range(T)) if positions is None else positions
     seg = [0] * T if seg is None else seg
     W = {k: v.to(dtype) for k, v in W.items()}
-    lora = {}
+    lora, mags = {}, {}
     if adapter:
         for k, a in adapter.items():
             if k.endswith(".lora_A.weight"):
                 mod = k[len("base_model.model."):-len(".lora_A.weight")]
                 lora[mod] = (a.to(dtype), adapter[peft_key(mod, "B")].to(dtype))
+                if mag_key(mod) in adapter:
+                    mags[mod] = adapter[mag_key(mod)].to(dtype)
     NH, KVH, HD = cfg["num_attention_heads"], cfg["num_key_value_heads"], R.head_dim_of(cfg)
     eps = cfg["rms_norm_eps"]
 
     def lin(mod, h):
         y = F.linear(h, W[mod + ".weight"], W.get(mod + ".bias"))
+        if mod in mags:  # DoraLinearVariant.forward, dropout 0 (base_result = result)
+            a, b = lora[mod]
+            if norm_from is not None:
+                a0 = norm_from[peft_key(mod, "A")].to(dtype)
+                b0 = norm_from[peft_key(mod, "B")].to(dtype)
+                weight_norm = dora_weight_norm(W[mod + ".weight"], a0, b0, scale)
+            else:
+                weight_norm = dora_weight_norm(W[mod + ".weight"], a.detach(), b.detach(), scale).detach()
+            mag_norm_scale = (mags[mod] / weight_norm).view(1, -1)
+            lora_result = F.linear(F.linear(h, a), b)
+            base_result = y
+            if W.get(mod + ".bias") is not None:
+                base_result = base_result - W[mod + ".bias"]
+            return y + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scale)
         if mod in lora:
             a, b = lora[mod]
             y = y + F.linear(F.linear(h, a), b) * scale  # lora_B(lora_A(dropout(x))) * scaling
@@ -343,8 +410,9 @@ def shifted_targets(batch):
     return [lab[t + 1] if t + 1 < T and seg[t + 1] == seg[t] else -100 for t in range(T)]
 
 
-def loss_sum(cfg, W, batch, adapter, scale, dtype=torch.float32):
-    logits = forward(cfg, W, batch["tokens"], batch["positions"], batch["seg_ids"], adapter, scale, dtype)
+def loss_sum(cfg, W, batch, adapter, scale, dtype=torch.float32, norm_from=None):
+    logits = forward(cfg, W, batch["tokens"], batch["positions"], batch["seg_ids"], adapter, scale, dtype,
+                     norm_from)
     tgt = torch.tensor(shifted_targets(batch))
     return F.cross_entropy(logits.float() if dtype != torch.float64 else logits, tgt, ignore_index=-100,
                            reduction="sum")
@@ -523,8 +591,8 @@ def build(spec):
     g = torch.Generator().manual_seed(spec["seed"] + 7)
     keys = sorted(adapter)
     fd_worst = 0.0
-    for ab in ("A", "B"):
-        ks = [k for k in keys if ".lora_%s." % ab in k]
+    for ab in ("A", "B") + (("magnitude_vector",) if spec.get("use_dora") else ()):
+        ks = [k for k in keys if ".lora_%s" % ab in k]
         for _ in range(3):
             k = ks[int(torch.randint(len(ks), (1,), generator=g))]
             j = int(torch.randint(adapter[k].numel(), (1,), generator=g))
@@ -533,14 +601,17 @@ def build(spec):
             for sgn in (1, -1):
                 a = {kk: vv.double().clone() for kk, vv in adapter.items()}
                 a[k].view(-1)[j] += sgn * h
-                vals.append(float(loss_sum(cfg, W, batch, a, scale, torch.float64)))
+                # DoRA: the weight norm is detached, so differentiate with it held at the point
+                vals.append(float(loss_sum(cfg, W, batch, a, scale, torch.float64,
+                                           adapter if spec.get("use_dora") else None)))
             fd = (vals[0] - vals[1]) / (2 * h)
             an = float(g64[k].view(-1)[j])
             err = abs(fd - an) / max(1.0, abs(an))
             fd_worst = max(fd_worst, err)
             assert err < 1e-6, (name, k, j, fd, an)
-    notes.append("central differences (h=1e-6, float64) on 3 lora_A and 3 lora_B entries match autograd to %.2g"
-                 % fd_worst)
+    notes.append("central differences (h=1e-6, float64) on 3 lora_A and 3 lora_B entries%s match autograd to %.2g"
+                 % (" and 3 lora_magnitude_vector entries (weight norm held at the point, as detached)"
+                    if spec.get("use_dora") else "", fd_worst))
 
     # 4. Three AdamW steps on the mean loss, with clipping.
     steps, after, final = train(cfg, W, batch, adapter, scale, n)
@@ -557,17 +628,25 @@ def build(spec):
     notes.append("torch.optim.AdamW + clip_grad_norm_ in float64 == the hand-written update to %.2g" % hand_diff)
     notes.append("final weights: float32 vs float64 training max |diff| %.2g" % w_diff)
 
+    lora_info = {"r": spec["r"], "lora_alpha": spec["lora_alpha"], "use_rslora": spec["use_rslora"],
+                 "scaling": scale, "lora_dropout": 0.0, "target_modules": sorted(spec["target_modules"]),
+                 "layers_to_transform": spec["layers_to_transform"],
+                 "formula": "y = x W^T (+ b) + ((x A^T) B^T) * float32(scaling)"}
+    initial = ("adapter_dir holds the adapter every computation here starts from: A [r,in] and B [out,r] "
+               "both N(0, %g^2) (seeded), not PEFT's init, so that dL/dA != 0" % ADAPTER_STD)
+    if spec.get("use_dora"):
+        lora_info["use_dora"] = True
+        lora_info["formula"] = ("n = ||W + scaling * (B A)||_2 per row (detached); y = x W^T (+ b) + (m/n - 1) * "
+                                "(x W^T) + (m/n) * ((x A^T) B^T) * scaling")
+        initial += ("; lora_magnitude_vector m = ||W + scaling B A|| per row times (1 + N(0, %g^2)) (PEFT's init "
+                    "without the factor)" % ADAPTER_STD)
     g_out = {
         "model": name,
         "generator": GENERATOR,
         "model_dir": "testdata/models/" + name,
         "adapter_dir": os.path.relpath(adir, R.REPO),
-        "adapter_initial": "adapter_dir holds the adapter every computation here starts from: A [r,in] and B [out,r] "
-                           "both N(0, %g^2) (seeded), not PEFT's init, so that dL/dA != 0" % ADAPTER_STD,
-        "lora": {"r": spec["r"], "lora_alpha": spec["lora_alpha"], "use_rslora": spec["use_rslora"],
-                 "scaling": scale, "lora_dropout": 0.0, "target_modules": sorted(spec["target_modules"]),
-                 "layers_to_transform": spec["layers_to_transform"],
-                 "formula": "y = x W^T (+ b) + ((x A^T) B^T) * float32(scaling)"},
+        "adapter_initial": initial,
+        "lora": lora_info,
         "compute_dtype": "float32",
         "notes": notes,
         "batch": dict(batch, T=T, samples=[len(p) + len(c) for p, c in spec["samples"]()],
@@ -617,13 +696,16 @@ def build(spec):
         "adapter_dir": g_out["adapter_dir"],
         "what": "logits of base + adapter_dir (unmerged LoRA branch, float32) on the golden's tokens from "
                 "position 0; merging W += (B @ A) * scaling in float32 gives the same up to "
-                "max_abs_diff_merged_vs_unmerged",
+                "max_abs_diff_merged_vs_unmerged" if not spec.get("use_dora") else
+                "logits of base + adapter_dir (unmerged DoRA, float32) on the golden's tokens from position 0; "
+                "merging W' = (m / ||W + (B @ A) * scaling||)[:, None] * (W + (B @ A) * scaling) in float32 "
+                "gives the same up to max_abs_diff_merged_vs_unmerged",
         "max_abs_diff_merged_vs_unmerged": md,
         "max_abs_diff_vs_base": moved,
         "tokens": toks,
         "logits": [F32(r) for r in unmerged],
     }
-    path = os.path.join(R.GOLDEN, "lora-%s.json" % name)
+    path = os.path.join(R.GOLDEN, "%s.json" % spec.get("golden", "lora-" + name))
     write_golden(path, g_out)
 
     print("%-11s adapter %-17s r=%d scaling=%.4g  T=%d n=%d loss_sum=%.6f grads f32/f64 rel %.2g" % (
@@ -640,7 +722,7 @@ def main():
     os.makedirs(ADAPTERS, exist_ok=True)
     total = sum(build(spec) for spec in LORA_SPECS)
     print("total bytes written: %d" % total)
-    assert total < 1.5e6
+    assert total < 2.5e6
 
 
 if __name__ == "__main__":
