@@ -387,9 +387,9 @@ func TestDoRAFineTuneMergeAndAdapterAgree(t *testing.T) {
 }
 
 // recipes/legal.yaml runs as shipped, on the test model instead of Qwen3-8B (which
-// CI cannot download; its context is 512, hence max_seq_len): its data, chat format,
-// validation split, checkpointing and
-// bf16 output all work, and the adapter merges.
+// CI cannot download; its context is 512, hence max_seq_len): its data, chat
+// format, validation split, checkpointing and bf16 output all work, and the
+// adapter merges.
 func TestLegalRecipeRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains for a few seconds")
