@@ -33,6 +33,9 @@ test: oracle llamacpp lint unit fuzz
 unit: build
 	TUNE_LLAMACPP=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -tags noasm ./kernels/...
+	# llama.cpp's x86-64 build never fuses multiply-adds; Go does on amd64 v3. The
+	# quantizers must stay bit-exact either way.
+	GOAMD64=v3 $(GO) test -count=1 ./quantize/
 
 # Short runs of every fuzz target; longer ones: make fuzz FUZZTIME=10m
 fuzz:

@@ -15,7 +15,10 @@ import (
 
 // Traits is one row of the quantization type table (llama.cpp's
 // type_traits[]): a row of Type stores BlockElems elements per BlockBytes
-// bytes, quantized by QuantizeRow and expanded by DequantizeRow.
+// bytes, quantized by QuantizeRow and expanded by DequantizeRow. Those
+// per-type functions (QuantizeRowQ4_K, ...) trust their arguments' lengths
+// and may panic on a mismatch or return garbage for NaN; Quantize and
+// Dequantize validate first.
 type Traits struct {
 	Name       string    // ggml's name, e.g. "Q4_K"
 	Type       gguf.Type // GGUF tensor type id

@@ -73,6 +73,9 @@ func (g *gemmB) pack(wk *worker, dst []float32, k0, kc, n0, nv, np int) {
 		for p := 0; p*nr < nv; p++ {
 			cols := min(nr, nv-p*nr)
 			d := dst[p*pb:]
+			if cols == nr && packRows(d, g.w.Data[(k0*C+n0+p*nr)*es:], C*es, kc, g.w.DType) {
+				continue
+			}
 			for k := 0; k < kc; k++ {
 				convertRow(d[k*nr:k*nr+cols], g.w.Data[((k0+k)*C+n0+p*nr)*es:], g.w.DType)
 			}

@@ -129,15 +129,38 @@ func packT8(dst []float32, src []byte, stride, kc int, dt kernels.DType) int {
 	if !useAVX2 || m == 0 {
 		return 0
 	}
-	code := 0
-	switch dt {
-	case kernels.F16:
-		code = 1
-	case kernels.F32:
-		code = 2
-	}
+	code := dtCode(dt)
 	_ = dst[(m-1)*gemmNR+7]
 	_ = src[7*stride+m*dt.Size()-1]
 	packT8AVX(&dst[0], &src[0], stride, m, code)
 	return m
+}
+
+// packRowsAVX decodes n rows of 32 elements (stride bytes apart, dtype dt as
+// in packT8AVX) into a panel: dst[k*32+j] = decode(src + k*stride + j*size).
+// n >= 1.
+//
+//go:noescape
+func packRowsAVX(dst *float32, src *byte, stride, n, dt int)
+
+func dtCode(dt kernels.DType) int {
+	switch dt {
+	case kernels.F16:
+		return 1
+	case kernels.F32:
+		return 2
+	}
+	return 0
+}
+
+// packRows fills a whole panel (kc rows of gemmNR) with packRowsAVX and
+// reports whether it did.
+func packRows(dst []float32, src []byte, stride, kc int, dt kernels.DType) bool {
+	if !useAVX2 || kc == 0 {
+		return false
+	}
+	_ = dst[kc*gemmNR-1]
+	_ = src[(kc-1)*stride+gemmNR*dt.Size()-1]
+	packRowsAVX(&dst[0], &src[0], stride, kc, dtCode(dt))
+	return true
 }
