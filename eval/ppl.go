@@ -1,7 +1,9 @@
-// Package eval measures models: perplexity over a corpus now; KL divergence,
-// benchmark spot-checks and the validation gates that every artifact passes build on
-// it. It computes nothing itself that the model does not: it drives model windows
-// and adds up their negative log-likelihoods.
+// Package eval measures models: perplexity over a corpus, KL divergence of a
+// model's next-token distributions from a base model's (llama-perplexity's
+// conventions), and benchmark tasks scored as lm-evaluation-harness scores them
+// (mmlu, arc, hellaswag, gsm8k, mcq). The validation gates every artifact passes
+// build on these. It runs no network and owns no model code: it drives model
+// windows and adds up log-likelihoods.
 package eval
 
 import (

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/tunellm/tune/model/safetensors"
 	"github.com/tunellm/tune/quantize/gguf"
@@ -38,52 +40,126 @@ import (
 // vocabs (tokenizer.model: Llama 2, Mistral) are refused; general.*
 // model-card fields beyond the name are omitted.
 func ExportGGUF(modelDir, outPath string, typ string) error {
-	var ftype uint32 // LlamaFileType: ALL_F32 = 0, MOSTLY_F16 = 1
+	var mix string
 	switch typ {
 	case "f32":
-		ftype = 0
+		mix = "F32"
 	case "f16":
-		ftype = 1
+		mix = "F16"
 	default:
 		return fmt.Errorf("quantize: export gguf: unsupported type %q, want f32 or f16", typ)
 	}
+	_, err := QuantizeGGUF(modelDir, outPath, GGUFOptions{Type: mix})
+	return err
+}
+
+// GGUFOptions configure QuantizeGGUF.
+type GGUFOptions struct {
+	// Type is a mix name (see MixNames): "Q4_K_M", "Q8_0", "F16", ...
+	Type string
+	// Workers quantize rows in parallel; <= 0 means runtime.NumCPU(). The
+	// output does not depend on it.
+	Workers int
+	// Progress, when set, is called after each chunk with the input
+	// (safetensors) bytes converted so far and in all, from the writing
+	// goroutine.
+	Progress func(done, total int64)
+	// Warn, when set, receives one line per fallback (a row that is not a
+	// whole number of the chosen type's blocks), as llama-quantize warns.
+	Warn func(msg string)
+}
+
+// GGUFReport summarizes a written file.
+type GGUFReport struct {
+	Mix       string         `json:"type"`
+	FileType  uint32         `json:"file_type"`
+	Tensors   int            `json:"tensors"`
+	InBytes   int64          `json:"input_bytes"`  // safetensors tensor data read
+	OutBytes  int64          `json:"output_bytes"` // tensor data written
+	Types     map[string]int `json:"tensor_types"` // tensors per ggml type
+	Fallbacks []string       `json:"fallbacks,omitempty"`
+}
+
+// QuantizeGGUF converts a Hugging Face model folder like ExportGGUF and
+// stores each tensor with the type llama.cpp's mix opts.Type gives it
+// (Mix.TensorType), quantizing from the checkpoint's own weights (F32, F16
+// or BF16 widened to F32) rather than from an F16 GGUF as llama-quantize
+// usually does. It streams: one chunk of about 1M elements of one tensor is
+// in memory at a time, its rows quantized by opts.Workers goroutines. The
+// file is written to a temporary name and renamed, so a failure leaves no
+// output. Not supported: importance matrices (imatrix), IQ* types.
+func QuantizeGGUF(modelDir, outPath string, opts GGUFOptions) (*GGUFReport, error) {
+	mix, err := ParseMix(opts.Type)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := readHFConfig(modelDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	st, err := safetensors.Open(modelDir)
 	if err != nil {
-		return fmt.Errorf("quantize: export gguf: %w", err)
+		return nil, fmt.Errorf("quantize: export gguf: %w", err)
 	}
 	defer st.Close()
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	plan := &exportPlan{
+		mix: mix,
+		mm: MixModel{NLayer: *cfg.NumHiddenLayers, NHead: *cfg.NumAttentionHeads, NHeadKV: cfg.kvHeads(),
+			Tied: !st.Has("lm_head.weight")},
+		workers: workers, warn: opts.Warn,
+		report: &GGUFReport{Mix: mix.Name, FileType: mix.FileType, Types: map[string]int{}},
+	}
+	if opts.Progress != nil {
+		var done int64
+		// Tensor data is written at Close, after every tensor (and so
+		// InBytes) is known.
+		plan.progress = func(n int64) {
+			done += n
+			opts.Progress(done, plan.report.InBytes)
+		}
+	}
 
 	w := gguf.NewWriter(outPath)
 	// Same order as the converter: tensors first (they fix no KV), then
 	// general.*, hyperparameters, quantization version, vocab.
-	if err := addTensors(w, st, cfg, ftype); err != nil {
+	if err := addTensors(w, st, cfg, plan); err != nil {
 		w.Abort()
-		return err
+		return nil, err
 	}
 	kv := &kvList{w: w}
 	kv.add("general.architecture", cfg.arch)
 	kv.add("general.type", "model")
 	kv.add("general.name", filepath.Base(filepath.Clean(modelDir)))
-	addHyperparameters(kv, cfg, ftype)
+	addHyperparameters(kv, cfg, mix.FileType)
 	kv.add("general.quantization_version", uint32(2)) // GGML_QUANT_VERSION
 	if kv.err == nil {
 		if err := addVocab(kv, modelDir, cfg); err != nil {
 			w.Abort()
-			return err
+			return nil, err
 		}
 	}
 	if kv.err != nil {
 		w.Abort()
-		return fmt.Errorf("quantize: export gguf: %w", kv.err)
+		return nil, fmt.Errorf("quantize: export gguf: %w", kv.err)
 	}
 	if err := w.Close(); err != nil {
-		return fmt.Errorf("quantize: export gguf: %w", err)
+		return nil, fmt.Errorf("quantize: export gguf: %w", err)
 	}
-	return nil
+	return plan.report, nil
+}
+
+// exportPlan carries the per-file choices into the per-tensor code.
+type exportPlan struct {
+	mix      Mix
+	mm       MixModel
+	workers  int
+	progress func(int64)
+	warn     func(string)
+	report   *GGUFReport
 }
 
 // kvList keeps the first AddKV error so the key list reads as a list.
@@ -284,7 +360,7 @@ type exportTensor struct {
 	rank     int // position for sorting within its group
 }
 
-func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, ftype uint32) error {
+func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, plan *exportPlan) error {
 	var list []exportTensor
 	rankOf := map[string]int{}
 	for i, n := range blockOrder {
@@ -330,17 +406,17 @@ func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, ftype uint3
 		if err != nil {
 			return fmt.Errorf("quantize: export gguf: %w", err)
 		}
-		if err := addTensor(w, t, e.gguf, c, ftype); err != nil {
+		if err := addTensor(w, t, e.gguf, e.block, c, plan); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// addTensor registers one converted tensor. The ggml type follows
-// prepare_tensors: 1-D tensors, *_norm.weight and anything that is not a
-// .weight stay F32; the rest follow the file type.
-func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, ftype uint32) error {
+// addTensor registers one converted tensor with the type plan.mix gives
+// it. For F32/F16 mixes this is prepare_tensors' choice: 1-D tensors,
+// *_norm.weight and anything that is not a .weight stay F32.
+func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, block int, c *hfConfig, plan *exportPlan) error {
 	switch t.DType {
 	case safetensors.F32, safetensors.F16, safetensors.BF16:
 	default:
@@ -349,14 +425,28 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 	if len(t.Shape) == 0 || len(t.Shape) > gguf.MaxDims {
 		return fmt.Errorf("quantize: export gguf: tensor %q: shape %v, want 1..%d dims", t.Name, t.Shape, gguf.MaxDims)
 	}
-	typ := gguf.TypeF32
-	if ftype == 1 && len(t.Shape) > 1 && !strings.HasSuffix(name, "_norm.weight") && strings.HasSuffix(name, ".weight") {
-		typ = gguf.TypeF16
+	if block < 0 || block >= plan.mm.NLayer {
+		block = -1
+	}
+	choice := plan.mix.TensorType(name, t.Shape, block, plan.mm)
+	typ := choice.Type
+	if choice.Fallback != "" {
+		plan.report.Fallbacks = append(plan.report.Fallbacks, choice.Fallback)
+		if plan.warn != nil {
+			plan.warn(choice.Fallback)
+		}
 	}
 	rows := t.Shape[0]
 	cols := t.NumElements() / max(rows, 1)
 	if len(t.Shape) == 1 {
 		rows, cols = 1, t.Shape[0]
+	}
+	var qt Traits
+	if typ != gguf.TypeF32 && typ != gguf.TypeF16 {
+		qt, _ = TypeTraits(typ)
+		if len(t.Shape) != 2 || cols%qt.BlockElems != 0 {
+			return fmt.Errorf("quantize: export gguf: tensor %q: shape %v can not be stored as %s", t.Name, t.Shape, typ)
+		}
 	}
 	if t.NumElements()*t.DType.Size() != len(t.Data) {
 		return fmt.Errorf("quantize: export gguf: tensor %q: %d bytes, want %d for %s %v", t.Name, len(t.Data), t.NumElements()*t.DType.Size(), t.DType, t.Shape)
@@ -388,46 +478,123 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, c *hfConfig, f
 	if err != nil {
 		return fmt.Errorf("quantize: export gguf: tensor %q: %v", t.Name, err)
 	}
+	plan.report.Tensors++
+	plan.report.Types[typ.String()]++
+	plan.report.InBytes += int64(len(t.Data))
+	plan.report.OutBytes += nbytes
 	src, dt, es := t.Data, t.DType, t.DType.Size()
-	write := func(out io.Writer) error {
-		// Rows are batched to about 64K elements per conversion and write.
-		batch := max(1, (1<<16)/max(cols, 1))
-		f32 := make([]float32, min(batch, rows)*cols)
-		buf := make([]byte, len(f32)*4)
-		for r0 := 0; r0 < rows; r0 += batch {
-			nr := min(batch, rows-r0)
-			vals := f32[:nr*cols]
-			for k := 0; k < nr; k++ {
-				sr := r0 + k
-				if perm != nil {
-					sr = perm(sr)
-				}
-				if err := safetensors.ToFloat32(vals[k*cols:(k+1)*cols], src[sr*cols*es:(sr+1)*cols*es], dt); err != nil {
-					return err
-				}
+	// convert widens source rows [r0, r0+n) (permuted) into vals.
+	convert := func(vals []float32, r0, n int) error {
+		for k := 0; k < n; k++ {
+			sr := r0 + k
+			if perm != nil {
+				sr = perm(sr)
 			}
-			var b []byte
-			if typ == gguf.TypeF16 {
-				b = buf[:len(vals)*2]
-				for i, v := range vals {
-					h := safetensors.Float32ToF16(v)
-					b[2*i], b[2*i+1] = byte(h), byte(h>>8)
-				}
-			} else {
-				b = buf[:len(vals)*4]
-				for i, v := range vals {
-					u := math.Float32bits(v)
-					b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
-				}
-			}
-			if _, err := out.Write(b); err != nil {
+			if err := safetensors.ToFloat32(vals[k*cols:(k+1)*cols], src[sr*cols*es:(sr+1)*cols*es], dt); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
+	var write func(out io.Writer) error
+	if qt.QuantizeRow == nil {
+		write = func(out io.Writer) error {
+			// Rows are batched to about 64K elements per conversion and write.
+			batch := max(1, (1<<16)/max(cols, 1))
+			f32 := make([]float32, min(batch, rows)*cols)
+			buf := make([]byte, len(f32)*4)
+			for r0 := 0; r0 < rows; r0 += batch {
+				nr := min(batch, rows-r0)
+				vals := f32[:nr*cols]
+				if err := convert(vals, r0, nr); err != nil {
+					return err
+				}
+				var b []byte
+				if typ == gguf.TypeF16 {
+					b = buf[:len(vals)*2]
+					for i, v := range vals {
+						h := safetensors.Float32ToF16(v)
+						b[2*i], b[2*i+1] = byte(h), byte(h>>8)
+					}
+				} else {
+					b = buf[:len(vals)*4]
+					for i, v := range vals {
+						u := math.Float32bits(v)
+						b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+					}
+				}
+				if _, err := out.Write(b); err != nil {
+					return err
+				}
+				if plan.progress != nil {
+					plan.progress(int64(nr * cols * es))
+				}
+			}
+			return nil
+		}
+	} else {
+		write = func(out io.Writer) error {
+			return quantizeRows(out, qt, t.Name, rows, cols, es, plan, convert)
+		}
+	}
 	if err := w.AddTensor(name, typ, t.Shape, write, nbytes); err != nil {
 		return fmt.Errorf("quantize: export gguf: %w", err)
+	}
+	return nil
+}
+
+// quantizeRows streams a [rows, cols] tensor through qt in chunks of about
+// 1M elements; within a chunk each worker widens and quantizes its own run
+// of rows. Rows are independent in every ggml type, so the bytes do not
+// depend on the worker count.
+func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcElemSize int, plan *exportPlan, convert func([]float32, int, int) error) error {
+	rowBytes := cols / qt.BlockElems * qt.BlockBytes
+	chunk := max(plan.workers, (1<<20)/cols)
+	chunk = min(chunk, rows)
+	f32 := make([]float32, chunk*cols)
+	q := make([]byte, chunk*rowBytes)
+	errs := make([]error, plan.workers)
+	var wg sync.WaitGroup
+	for r0 := 0; r0 < rows; r0 += chunk {
+		nr := min(chunk, rows-r0)
+		per := (nr + plan.workers - 1) / plan.workers
+		for wi := 0; wi < plan.workers; wi++ {
+			a, b := wi*per, min((wi+1)*per, nr)
+			if a >= b {
+				break
+			}
+			wg.Add(1)
+			go func(wi, a, b int) {
+				defer wg.Done()
+				vals := f32[a*cols : b*cols]
+				if err := convert(vals, r0+a, b-a); err != nil {
+					errs[wi] = err
+					return
+				}
+				for i, v := range vals {
+					if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+						r := r0 + a + i/cols
+						errs[wi] = fmt.Errorf("quantize: tensor %q: non-finite value %v at row %d, column %d (index %d)", tensor, v, r, i%cols, r*cols+i%cols)
+						return
+					}
+				}
+				for r := a; r < b; r++ {
+					qt.QuantizeRow(q[r*rowBytes:(r+1)*rowBytes], f32[r*cols:(r+1)*cols], nil)
+				}
+			}(wi, a, b)
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
+			}
+		}
+		if _, err := out.Write(q[:nr*rowBytes]); err != nil {
+			return err
+		}
+		if plan.progress != nil {
+			plan.progress(int64(nr * cols * srcElemSize))
+		}
 	}
 	return nil
 }

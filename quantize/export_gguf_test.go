@@ -611,3 +611,100 @@ func toAny[T any](s []T) []any {
 	}
 	return out
 }
+
+// llamaCppLogits runs llama.cpp on a GGUF file and returns its logits at
+// every position of ids.
+func llamaCppLogits(t *testing.T, dir, path string, ids []int) [][]float64 {
+	t.Helper()
+	args := []string{"logits.mjs", path, "--all"}
+	for _, id := range ids {
+		args = append(args, fmt.Sprint(id))
+	}
+	var got struct {
+		Logits [][]float64 `json:"logits"`
+	}
+	if err := json.Unmarshal(runNode(t, dir, args...), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Logits) != len(ids) {
+		t.Fatalf("llama.cpp gave %d positions, want %d", len(got.Logits), len(ids))
+	}
+	return got.Logits
+}
+
+// llamaCppQuantTol bounds, per mix on the hidden-256 test model, how far
+// llama.cpp's logits on the quantized file are from its logits on the F32
+// export: RMS(diff) / RMS(F32 logits) over all positions. llama.cpp also
+// rounds activations to Q8_0/Q8_K in quantized dot products, so this is
+// weight plus activation error. Bounds are about 1.5x the measured values
+// (in the comments).
+var llamaCppQuantTol = map[string]float64{
+	"F16": 0.002, "Q8_0": 0.01, "Q6_K": 0.03, "Q5_K_M": 0.05, "Q5_K_S": 0.06, "Q5_1": 0.07, "Q5_0": 0.07,
+	"Q4_K_M": 0.11, "Q4_K_S": 0.12, "Q4_1": 0.14, "Q4_0": 0.14, "Q3_K_L": 0.2, "Q3_K_M": 0.22, "Q3_K_S": 0.25, "Q2_K": 0.45,
+}
+
+// TestQuantizeGGUFLlamaCpp has llama.cpp load every mix of the hidden-256
+// model (real K-quant blocks) and compares its logits with its own on the
+// F32 export: llama.cpp's dequantizers and dot products are the oracle for
+// the block layouts. A file with a wrong scale or nibble order loads but
+// gives logits far off.
+func TestQuantizeGGUFLlamaCpp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	dir := llamaCppAvailable(t)
+	model := k256Model(t)
+	ids := []int{}
+	for _, b := range []byte("The quick brown fox jumps over") {
+		ids = append(ids, int(b))
+	}
+	tmp := t.TempDir()
+	ref := filepath.Join(tmp, "f32.gguf")
+	if _, err := QuantizeGGUF(model, ref, GGUFOptions{Type: "F32"}); err != nil {
+		t.Fatal(err)
+	}
+	want := llamaCppLogits(t, dir, ref, ids)
+	var ss float64
+	for _, row := range want {
+		for _, x := range row {
+			ss += x * x
+		}
+	}
+	n := float64(len(want) * len(want[0]))
+	rmsRef := math.Sqrt(ss / n)
+	errs := map[string]float64{}
+	for _, mix := range MixNames() {
+		if mix == "F32" {
+			continue
+		}
+		t.Run(mix, func(t *testing.T) {
+			out := filepath.Join(tmp, mix+".gguf")
+			if _, err := QuantizeGGUF(model, out, GGUFOptions{Type: mix}); err != nil {
+				t.Fatal(err)
+			}
+			got := llamaCppLogits(t, dir, out, ids)
+			var se, maxAbs float64
+			for p := range got {
+				for v, x := range got[p] {
+					d := x - want[p][v]
+					se += d * d
+					maxAbs = max(maxAbs, math.Abs(d))
+				}
+			}
+			rel := math.Sqrt(se/n) / rmsRef
+			errs[mix] = rel
+			t.Logf("%s: RMS(llama.cpp %s - llama.cpp F32) / RMS(F32 logits) = %.4f, max |diff| %.3g (RMS logit %.3g)", mix, mix, rel, maxAbs, rmsRef)
+			if tol := llamaCppQuantTol[mix]; !(rel <= tol) {
+				t.Errorf("%s: relative logit error %.4f > %g", mix, rel, tol)
+			}
+			os.Remove(out)
+		})
+	}
+	// More bits, closer logits.
+	if q8, q4 := errs["Q8_0"], errs["Q4_K_M"]; q8 > 0 && q4 > 0 && !(q8 < q4) {
+		t.Errorf("Q8_0 logit error %.4f not below Q4_K_M's %.4f", q8, q4)
+	}
+	if q4, q2 := errs["Q4_K_M"], errs["Q2_K"]; q4 > 0 && q2 > 0 && !(q4 < q2) {
+		t.Errorf("Q4_K_M logit error %.4f not below Q2_K's %.4f", q4, q2)
+	}
+}

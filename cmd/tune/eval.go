@@ -14,12 +14,12 @@ import (
 func newCmdEval(f *Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "eval <measure>",
-		Short: "Measure a model: perplexity",
-		Long:  "Eval measures a model folder on a corpus. Every measure prints a summary, or JSON with --json.",
+		Short: "Measure a model: perplexity, KL divergence from a base, benchmark tasks",
+		Long:  "Eval measures a model folder (with --adapter, a PEFT adapter on it) on a corpus or a benchmark file.\nEvery measure prints a summary, or JSON with --json.",
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.txt
   tune eval ppl --model ./Qwen3-8B --data test.parquet --ctx 1024 --json`,
 	}
-	cmd.AddCommand(newCmdEvalPPL(f, nil))
+	cmd.AddCommand(newCmdEvalPPL(f, nil), newCmdEvalKLD(f, nil), newCmdEvalBench(f, nil))
 	return cmd
 }
 

@@ -78,6 +78,7 @@ One static binary, no Python.`,
 		newCmdEval(f),
 		newCmdData(f),
 		newCmdLoRA(f, nil), newCmdMerge(f, nil),
+		newCmdQuantize(f, nil),
 	)
 	return root
 }
