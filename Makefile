@@ -35,7 +35,7 @@ unit: build
 	$(GO) test -count=1 -tags noasm ./kernels/...
 	# llama.cpp's x86-64 build never fuses multiply-adds; Go does on amd64 v3. The
 	# quantizers must stay bit-exact either way.
-	GOAMD64=v3 $(GO) test -count=1 ./quantize/
+	GOAMD64=v3 $(GO) test -count=1 -short ./quantize/
 
 # Short runs of every fuzz target; longer ones: make fuzz FUZZTIME=10m
 fuzz:
