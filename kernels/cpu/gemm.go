@@ -135,6 +135,12 @@ func gemm(wk *worker, out []float32, ldo int, a []float32, lda, M, K int, b *gem
 	}
 	np := (nv + 2*nr - 1) / (2 * nr) * 2 // even: the row kernel takes panel pairs
 	mr := gemmMR()
+	if M < mr && nv > 2*nr {
+		for s := n0; s < n1; s += 2 * nr {
+			gemm(wk, out, ldo, a, lda, M, K, b, s, min(s+2*nr, n1), acc)
+		}
+		return
+	}
 	KC := gemmKC
 	if M < mr {
 		// Too few rows to reuse a block much: longer weight-row runs stream

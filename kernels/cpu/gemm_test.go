@@ -33,7 +33,7 @@ func gemmRun(be *Backend, in, dout, din0, dw0 []float32, w kernels.Weight, T int
 // must agree bit for bit.
 func TestGemmKernels(t *testing.T) {
 	shapes := []struct{ T, C, OC int }{
-		{1, 1, 1}, {2, 9, 33}, {5, 257, 31}, {7, 300, 65}, {8, 256, 32}, {9, 33, 130}, {13, 513, 64}, {17, 40, 129}, {25, 600, 97},
+		{1, 1, 1}, {2, 9, 33}, {3, 70, 200}, {5, 257, 31}, {7, 300, 65}, {8, 256, 32}, {9, 33, 130}, {13, 513, 64}, {17, 40, 129}, {25, 600, 97},
 	}
 	be := New(3)
 	for _, dt := range dtypes {
