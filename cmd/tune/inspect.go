@@ -27,7 +27,7 @@ func newCmdInspect(f *Factory, runF func(*InspectOptions) error) *cobra.Command 
 	opts := &InspectOptions{IO: f.IO}
 	cmd := &cobra.Command{
 		Use:   "inspect PATH",
-		Short: "Show what a model folder, safetensors file or adapter folder holds",
+		Short: "Show what a model folder, safetensors or GGUF file, or adapter folder holds",
 		Long: `Inspect reads a Hugging Face model folder (config.json plus model.safetensors or a
 sharded model.safetensors.index.json), a single .safetensors file, a PEFT adapter
 folder (adapter_config.json plus adapter_model.safetensors) or a GGUF file (its

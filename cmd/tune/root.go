@@ -56,11 +56,15 @@ func newRootCmd(f *Factory) *cobra.Command {
 		Short: "Fine-tune, compress and evaluate open LLMs from Hugging Face model folders",
 		Long: `tune reads a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)
 and computes what transformers computes from it: tokens, logits, text, perplexity.
-One static binary, no Python.`,
+It trains LoRA adapters on your dataset (tune lora), folds them in (tune merge),
+quantizes to GGUF for llama.cpp and ollama (tune quantize) and measures every result
+(tune eval). One static binary, no Python.`,
 		Example: `  tune inspect ./Qwen3-8B
   echo "Hello" | tune tokenize --model ./Qwen3-8B
   tune generate --model ./Qwen3-8B --chat --prompt "Name three rivers."
-  tune eval ppl --model ./Qwen3-8B --data wiki.test.txt --ctx 512`,
+  tune eval ppl --model ./Qwen3-8B --data wiki.test.txt --ctx 512
+  tune lora --recipe recipes/legal.yaml
+  tune quantize --model ./merged --bits 4 --out qwen3-legal-q4_k_m.gguf`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
