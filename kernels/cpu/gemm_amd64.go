@@ -164,3 +164,35 @@ func packRows(dst []float32, src []byte, stride, kc int, dt kernels.DType) bool 
 	packRowsAVX(&dst[0], &src[0], stride, kc, dtCode(dt))
 	return true
 }
+
+// gemv32BF16AVX512 computes 32 outputs of a one-row matmul straight from a
+// bf16 weight (row r at w + r*stride bytes), for r < 32:
+//
+//	s := 0; for k := 0; k < n; k++ { s = fma(a[k], w[r][k], s) }; out[r] = s
+//
+// the chain of gemm, so it equals the packed path bit for bit. It reads each
+// weight row contiguously and transposes 8×16 tiles in registers instead of
+// packing a panel. n a positive multiple of 16.
+//
+//go:noescape
+func gemv32BF16AVX512(out, a *float32, w *byte, stride, n int)
+
+// gemvBF16 computes out[r] = sum_k a[k]*W[r,k] for the rows of w (bf16,
+// [rows, C]) in multiples of 32 with gemv32BF16AVX512 and returns how many
+// rows it did (0 when the kernel does not apply).
+func gemvBF16(out, a []float32, w []byte, rows, C int) int {
+	if gemmISA != isaAVX512 || C == 0 || C%16 != 0 {
+		return 0
+	}
+	r := rows &^ 31
+	if r == 0 {
+		return 0
+	}
+	_ = out[r-1]
+	_ = a[C-1]
+	_ = w[r*C*2-1]
+	for i := 0; i < r; i += 32 {
+		gemv32BF16AVX512(&out[i], &a[0], &w[i*C*2], C*2, C)
+	}
+	return r
+}

@@ -26,3 +26,5 @@ func gemmRow(a, b []float32, bs int, c []float32, kc int, load bool) {
 func packT8(dst []float32, src []byte, stride, kc int, dt kernels.DType) int { return 0 }
 
 func packRows(dst []float32, src []byte, stride, kc int, dt kernels.DType) bool { return false }
+
+func gemvBF16(out, a []float32, w []byte, rows, C int) int { return 0 }

@@ -41,7 +41,13 @@ func (m *matmulTask) run(wk *worker, chunk int) {
 	n1 := min(n0+gemmNC, OC)
 	t0 := chunk / m.nt * m.mb
 	t1 := min(t0+m.mb, m.T)
-	gemm(wk, m.out[t0*OC:], OC, m.in[t0*C:], C, t1-t0, C, &m.b, n0, n1, false)
+	g0 := n0
+	if t1-t0 == 1 && m.b.w.DType == kernels.BF16 {
+		// One row (a decoding step) is bound by streaming the weight: read
+		// it straight, in the same fma chains as gemm, without packing.
+		g0 += gemvBF16(m.out[t0*OC+n0:t0*OC+n1], m.in[t0*C:(t0+1)*C], m.b.w.Data[n0*C*2:n1*C*2], n1-n0, C)
+	}
+	gemm(wk, m.out[t0*OC:], OC, m.in[t0*C:], C, t1-t0, C, &m.b, g0, n1, false)
 	if m.bias != nil {
 		bias := m.bias[n0:n1]
 		for t := t0; t < t1; t++ {
