@@ -28,23 +28,3 @@ func dot1x4(x, w0, w1, w2, w3 []float32) (s0, s1, s2, s3 float32) {
 	}
 	return
 }
-
-// dot4x2 returns xj·wk for j=0..3, k=0..1 (sjk).
-func dot4x2(x0, x1, x2, x3, w0, w1 []float32) (s00, s01, s10, s11, s20, s21, s30, s31 float32) {
-	n := len(w0)
-	w1 = w1[:n]
-	x0, x1, x2, x3 = x0[:n], x1[:n], x2[:n], x3[:n]
-	for i, a := range w0 {
-		b := w1[i]
-		v0, v1, v2, v3 := x0[i], x1[i], x2[i], x3[i]
-		s00 += v0 * a
-		s01 += v0 * b
-		s10 += v1 * a
-		s11 += v1 * b
-		s20 += v2 * a
-		s21 += v2 * b
-		s30 += v3 * a
-		s31 += v3 * b
-	}
-	return
-}

@@ -11,13 +11,6 @@ import "unsafe"
 // (i.e. on T) or on the worker count. They differ from the pure-Go order
 // (-tags noasm) in the last bits only.
 
-// dot4x2AVX computes, for n a multiple of 8:
-//
-//	for j, x := range {x0..x3} { for k, w := range {w0, w1} { out[2j+k] = sum_i x[i]*w[i] } }
-//
-//go:noescape
-func dot4x2AVX(x0, x1, x2, x3, w0, w1 *float32, n int, out *[8]float32)
-
 // dot1x4AVX computes out[k] = sum_i x[i]*wk[i] for k = 0..3, n a multiple of 8.
 //
 //go:noescape
@@ -53,32 +46,6 @@ var useAVX2 = func() bool {
 	_, ebx7, _, _ := cpuid(7, 0)
 	return ebx7&(1<<5) != 0
 }()
-
-func mmDot4x2(x0, x1, x2, x3, w0, w1 []float32) (s00, s01, s10, s11, s20, s21, s30, s31 float32) {
-	if !useAVX2 {
-		return dot4x2(x0, x1, x2, x3, w0, w1)
-	}
-	n := len(w0)
-	w1 = w1[:n]
-	x0, x1, x2, x3 = x0[:n], x1[:n], x2[:n], x3[:n]
-	m := n &^ 7
-	var o [8]float32
-	if m > 0 {
-		dot4x2AVX(&x0[0], &x1[0], &x2[0], &x3[0], &w0[0], &w1[0], m, &o)
-	}
-	for i := m; i < n; i++ {
-		a, b := w0[i], w1[i]
-		o[0] += x0[i] * a
-		o[1] += x0[i] * b
-		o[2] += x1[i] * a
-		o[3] += x1[i] * b
-		o[4] += x2[i] * a
-		o[5] += x2[i] * b
-		o[6] += x3[i] * a
-		o[7] += x3[i] * b
-	}
-	return o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]
-}
 
 func mmDot1x4(x, w0, w1, w2, w3 []float32) (s0, s1, s2, s3 float32) {
 	if !useAVX2 {

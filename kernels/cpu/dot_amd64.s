@@ -13,59 +13,6 @@
 	VADDPS       X14, X, X; \
 	VMOVSS       X, off(R10)
 
-// func dot4x2AVX(x0, x1, x2, x3, w0, w1 *float32, n int, out *[8]float32)
-TEXT ·dot4x2AVX(SB), NOSPLIT, $0-64
-	MOVQ   x0+0(FP), AX
-	MOVQ   x1+8(FP), BX
-	MOVQ   x2+16(FP), CX
-	MOVQ   x3+24(FP), DX
-	MOVQ   w0+32(FP), SI
-	MOVQ   w1+40(FP), DI
-	MOVQ   n+48(FP), R8
-	SHLQ   $2, R8
-	XORQ   R9, R9
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-
-loop4x2:
-	CMPQ        R9, R8
-	JGE         done4x2
-	VMOVUPS     (SI)(R9*1), Y8
-	VMOVUPS     (DI)(R9*1), Y9
-	VMOVUPS     (AX)(R9*1), Y10
-	VFMADD231PS Y8, Y10, Y0
-	VFMADD231PS Y9, Y10, Y1
-	VMOVUPS     (BX)(R9*1), Y11
-	VFMADD231PS Y8, Y11, Y2
-	VFMADD231PS Y9, Y11, Y3
-	VMOVUPS     (CX)(R9*1), Y12
-	VFMADD231PS Y8, Y12, Y4
-	VFMADD231PS Y9, Y12, Y5
-	VMOVUPS     (DX)(R9*1), Y13
-	VFMADD231PS Y8, Y13, Y6
-	VFMADD231PS Y9, Y13, Y7
-	ADDQ        $32, R9
-	JMP         loop4x2
-
-done4x2:
-	MOVQ out+56(FP), R10
-	HSUM(Y0, X0, 0)
-	HSUM(Y1, X1, 4)
-	HSUM(Y2, X2, 8)
-	HSUM(Y3, X3, 12)
-	HSUM(Y4, X4, 16)
-	HSUM(Y5, X5, 20)
-	HSUM(Y6, X6, 24)
-	HSUM(Y7, X7, 28)
-	VZEROUPPER
-	RET
-
 // func dot1x4AVX(x, w0, w1, w2, w3 *float32, n int, out *[4]float32)
 TEXT ·dot1x4AVX(SB), NOSPLIT, $0-56
 	MOVQ   x+0(FP), AX

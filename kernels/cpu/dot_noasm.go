@@ -2,13 +2,9 @@
 
 package cpu
 
-// Without assembly the matmul uses the pure-Go kernels of dot.go.
+// Without assembly, attention uses the pure-Go dot products of dot.go.
 
 const useAVX2 = false
-
-func mmDot4x2(x0, x1, x2, x3, w0, w1 []float32) (s00, s01, s10, s11, s20, s21, s30, s31 float32) {
-	return dot4x2(x0, x1, x2, x3, w0, w1)
-}
 
 func mmDot1x4(x, w0, w1, w2, w3 []float32) (s0, s1, s2, s3 float32) {
 	return dot1x4(x, w0, w1, w2, w3)
