@@ -1,9 +1,16 @@
 package kernels
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/tunellm/tune/kernels/qblock"
+)
 
 // DType is the element type of a weight matrix as stored in the checkpoint.
-// Compute is always fp32; backends convert weights on the fly.
+// Compute is always fp32; backends convert weights on the fly. Besides the
+// float types there are llama.cpp's block-quantized types (GGUF tensor
+// types): a row of Cols elements is Cols/BlockElems blocks of BlockBytes
+// bytes each (see kernels/qblock for the layouts).
 type DType int
 
 const (
@@ -12,7 +19,29 @@ const (
 	BF16
 )
 
-// Size is the element size in bytes.
+// The block types start at 16, leaving room for more float types.
+const (
+	Q8_0 DType = 16 + iota
+	Q4_0
+	Q4_1
+	Q5_0
+	Q5_1
+	Q2_K
+	Q3_K
+	Q4_K
+	Q5_K
+	Q6_K
+	numDTypes
+)
+
+var dtypeNames = map[DType]string{F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_1: "Q4_1",
+	Q5_0: "Q5_0", Q5_1: "Q5_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
+
+// DTypes lists every dtype in order.
+var DTypes = []DType{F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K}
+
+// Size is the element size in bytes of a float type, 0 for a block type
+// (use RowBytes).
 func (d DType) Size() int {
 	switch d {
 	case F32:
@@ -23,35 +52,87 @@ func (d DType) Size() int {
 	return 0
 }
 
+// Quantized reports a block-quantized type.
+func (d DType) Quantized() bool { return d >= Q8_0 && d < numDTypes }
+
+// Block returns the elements and bytes of one block (1 and Size() for the
+// float types); ok is false for an unknown dtype.
+func (d DType) Block() (elems, bytes int, ok bool) {
+	if s := d.Size(); s > 0 {
+		return 1, s, true
+	}
+	if !d.Quantized() {
+		return 0, 0, false
+	}
+	f := d.Format()
+	return f.BlockElems, f.BlockBytes, true
+}
+
+// Format returns the qblock table row of a quantized dtype (its
+// dequantizer); the zero Format for the float types.
+func (d DType) Format() qblock.Format {
+	if !d.Quantized() {
+		return qblock.Format{}
+	}
+	f, _ := qblock.ByName(d.String())
+	return f
+}
+
+// RowBytes is the byte length of one row of cols elements, or -1 when cols
+// is not a whole number of blocks or the dtype is unknown.
+func (d DType) RowBytes(cols int) int {
+	e, b, ok := d.Block()
+	if !ok || cols < 0 || cols%e != 0 {
+		return -1
+	}
+	return cols / e * b
+}
+
+// DTypeByName maps "Q4_K", "BF16", ... to a DType.
+func DTypeByName(name string) (DType, bool) {
+	for d, n := range dtypeNames {
+		if n == name {
+			return d, true
+		}
+	}
+	return 0, false
+}
+
 func (d DType) String() string {
-	switch d {
-	case F32:
-		return "F32"
-	case F16:
-		return "F16"
-	case BF16:
-		return "BF16"
+	if n, ok := dtypeNames[d]; ok {
+		return n
 	}
 	return fmt.Sprintf("DType(%d)", int(d))
 }
 
 // Weight is a read-only view of a row-major matrix [Rows, Cols] in little-endian
 // bytes, laid out like a Hugging Face nn.Linear weight: Rows = out features,
-// Cols = in features. Data is usually a zero-copy view of an mmapped file, so
-// nothing here may write to it.
+// Cols = in features. For a quantized dtype each row is Cols/BlockElems
+// consecutive blocks, as in a GGUF tensor. Data is usually a zero-copy view
+// of an mmapped file, so nothing here may write to it.
 type Weight struct {
 	DType      DType
-	Data       []byte // [Rows*Cols*DType.Size()]
+	Data       []byte // [Rows*DType.RowBytes(Cols)]
 	Rows, Cols int
 }
 
+// RowBytes is the byte length of one row.
+func (w Weight) RowBytes() int { return w.DType.RowBytes(w.Cols) }
+
 // Check reports whether the view's byte length matches its shape and dtype.
 func (w Weight) Check() error {
-	if w.DType.Size() == 0 {
-		return fmt.Errorf("kernels: weight: unsupported dtype %v (supported: F32, F16, BF16)", w.DType)
+	e, _, ok := w.DType.Block()
+	if !ok {
+		return fmt.Errorf("kernels: weight: unsupported dtype %v (supported: %v)", w.DType, DTypes)
 	}
-	if w.Rows < 0 || w.Cols < 0 || len(w.Data) != w.Rows*w.Cols*w.DType.Size() {
-		return fmt.Errorf("kernels: weight: %d bytes, want %d for %v [%d %d]", len(w.Data), w.Rows*w.Cols*w.DType.Size(), w.DType, w.Rows, w.Cols)
+	if w.Rows < 0 || w.Cols < 0 {
+		return fmt.Errorf("kernels: weight: negative shape [%d %d]", w.Rows, w.Cols)
+	}
+	if w.Cols%e != 0 {
+		return fmt.Errorf("kernels: weight: %v [%d %d]: %d columns is not a multiple of the block size %d", w.DType, w.Rows, w.Cols, w.Cols, e)
+	}
+	if want := w.Rows * w.RowBytes(); len(w.Data) != want {
+		return fmt.Errorf("kernels: weight: %d bytes, want %d for %v [%d %d]", len(w.Data), want, w.DType, w.Rows, w.Cols)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 
@@ -15,10 +16,24 @@ type TensorSource interface {
 	Tensor(name string) (safetensors.Tensor, error)
 }
 
+// QuantSource is a TensorSource that also holds block-quantized matrices
+// (GGUF Q8_0 … Q6_K), which a safetensors.Tensor can not describe. The
+// binder asks it first for every matrix; ok false means the matrix is not
+// quantized and is read through Tensor.
+type QuantSource interface {
+	TensorSource
+	QuantWeight(name string) (w kernels.Weight, ok bool, err error)
+}
+
 // LoadOptions tunes loading.
 type LoadOptions struct {
 	// Backend computes the forward pass; nil picks kernels.Get("").
 	Backend kernels.Backend
+	// RopeFreqFactors, when set ([HD/2]), divide the inverse frequencies
+	// the config implies, as llama.cpp applies a GGUF's rope_freqs tensor
+	// (used for a Llama 3 GGUF whose rope_scaling parameters could not be
+	// recovered from that tensor).
+	RopeFreqFactors []float32
 }
 
 // Load opens dir/config.json and the safetensors checkpoint in dir (single file
@@ -86,6 +101,14 @@ func New(cfg *Config, src TensorSource, opts LoadOptions) (*Model, error) {
 	why := func(keys ...string) string { return "from config.json " + c.explain(keys...) }
 
 	m := &Model{Config: c, be: be, inv: c.InvFreq()}
+	if f := opts.RopeFreqFactors; f != nil {
+		if len(f) != len(m.inv) {
+			return nil, fmt.Errorf("model: rope_freqs has %d factors, want head_dim/2 = %d", len(f), len(m.inv))
+		}
+		for i, v := range f {
+			m.inv[i] /= v
+		}
+	}
 	m.embed = b.matrix("model.embed_tokens.weight", V, C, why("vocab_size", "hidden_size"))
 	m.norm = b.vector("model.norm.weight", C, why("hidden_size"))
 	if c.TieEmbeddings {
@@ -194,6 +217,23 @@ func (b *binder) get(name string, shape []int, why string) (safetensors.Tensor, 
 }
 
 func (b *binder) matrix(name string, rows, cols int, why string) kernels.Weight {
+	if qs, isQ := b.src.(QuantSource); isQ && b.err == nil {
+		w, ok, err := qs.QuantWeight(name)
+		switch {
+		case err != nil:
+			b.err = fmt.Errorf("model: %w", err)
+			return kernels.Weight{}
+		case ok && (w.Rows != rows || w.Cols != cols):
+			b.err = fmt.Errorf("model: %s: shape [%d %d], want [%d %d] (%s)", name, w.Rows, w.Cols, rows, cols, why)
+			return kernels.Weight{}
+		case ok:
+			if err := w.Check(); err != nil {
+				b.err = fmt.Errorf("model: %s: %w", name, err)
+				return kernels.Weight{}
+			}
+			return w
+		}
+	}
 	t, dt, ok := b.get(name, []int{rows, cols}, why)
 	if !ok {
 		return kernels.Weight{}
@@ -213,3 +253,8 @@ func (b *binder) vector(name string, n int, why string) []float32 {
 	}
 	return v
 }
+
+// SetCloser hands the model what Close must release: the mapping of a
+// checkpoint that a loader outside this package (GGUF, quantized folders)
+// opened and bound through New.
+func (m *Model) SetCloser(c io.Closer) { m.closer = c }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tunellm/tune/model/safetensors"
 	"github.com/tunellm/tune/quantize/gguf"
+	"github.com/tunellm/tune/quantize/imatrix"
 )
 
 // ExportGGUF converts a Hugging Face model folder (config.json,
@@ -65,8 +66,20 @@ type GGUFOptions struct {
 	// goroutine.
 	Progress func(done, total int64)
 	// Warn, when set, receives one line per fallback (a row that is not a
-	// whole number of the chosen type's blocks), as llama-quantize warns.
+	// whole number of the chosen type's blocks), as llama-quantize warns,
+	// and one per block tensor the importance matrix does not cover.
 	Warn func(msg string)
+	// Imatrix, when set, is the importance matrix (imatrix.Load) whose
+	// per-column weights (Matrix.Weights) every quantized tensor it has an
+	// entry for is quantized with, as llama-quantize --imatrix does: an
+	// entry whose length is not the tensor's row length is an error, except
+	// for token_embd.weight, which is then quantized without (a warning).
+	// The file is recorded under quantize.imatrix.* in the output.
+	Imatrix *imatrix.Matrix
+	// AllowRequantize lets RequantizeGGUF read tensors that are already
+	// quantized (llama-quantize --allow-requantize): they are dequantized
+	// and quantized again, which loses more than quantizing the original.
+	AllowRequantize bool
 }
 
 // GGUFReport summarizes a written file.
@@ -78,6 +91,8 @@ type GGUFReport struct {
 	OutBytes  int64          `json:"output_bytes"` // tensor data written
 	Types     map[string]int `json:"tensor_types"` // tensors per ggml type
 	Fallbacks []string       `json:"fallbacks,omitempty"`
+	// ImatrixTensors counts the tensors quantized with importance weights.
+	ImatrixTensors int `json:"imatrix_tensors,omitempty"`
 }
 
 // QuantizeGGUF converts a Hugging Face model folder like ExportGGUF and
@@ -87,7 +102,8 @@ type GGUFReport struct {
 // usually does. It streams: one chunk of about 1M elements of one tensor is
 // in memory at a time, its rows quantized by opts.Workers goroutines. The
 // file is written to a temporary name and renamed, so a failure leaves no
-// output. Not supported: importance matrices (imatrix), IQ* types.
+// output. With opts.Imatrix the quantizers get llama-quantize's importance
+// weights. Not supported: IQ* types.
 func QuantizeGGUF(modelDir, outPath string, opts GGUFOptions) (*GGUFReport, error) {
 	mix, err := ParseMix(opts.Type)
 	if err != nil {
@@ -110,7 +126,7 @@ func QuantizeGGUF(modelDir, outPath string, opts GGUFOptions) (*GGUFReport, erro
 		mix: mix,
 		mm: MixModel{NLayer: *cfg.NumHiddenLayers, NHead: *cfg.NumAttentionHeads, NHeadKV: cfg.kvHeads(),
 			Tied: !st.Has("lm_head.weight")},
-		workers: workers, warn: opts.Warn,
+		workers: workers, warn: opts.Warn, imx: opts.Imatrix,
 		report: &GGUFReport{Mix: mix.Name, FileType: mix.FileType, Types: map[string]int{}},
 	}
 	if opts.Progress != nil {
@@ -142,6 +158,10 @@ func QuantizeGGUF(modelDir, outPath string, opts GGUFOptions) (*GGUFReport, erro
 			return nil, err
 		}
 	}
+	// Last, as llama-quantize's kv overrides land after the copied keys.
+	for _, e := range imatrixKVs(opts.Imatrix) {
+		kv.add(e.Key, e.Value)
+	}
 	if kv.err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("quantize: export gguf: %w", kv.err)
@@ -159,7 +179,56 @@ type exportPlan struct {
 	workers  int
 	progress func(int64)
 	warn     func(string)
+	imx      *imatrix.Matrix
 	report   *GGUFReport
+}
+
+// imatrixFor returns the importance weights tensor name (rows of cols) is
+// quantized with, as llama_model_quantize_impl looks them up: none without
+// a matrix or an entry (a warning for block tensors, which a matrix from
+// llama-imatrix always covers), an error when the entry's length is not
+// cols, except for token_embd.weight (warned and skipped).
+func (p *exportPlan) imatrixFor(name string, cols int) ([]float32, error) {
+	if p.imx == nil {
+		return nil, nil
+	}
+	w := p.imx.Weights(name)
+	switch {
+	case w == nil:
+		if strings.HasPrefix(name, "blk.") && p.warn != nil {
+			p.warn(fmt.Sprintf("%s: no importance matrix entry, quantized without", name))
+		}
+		return nil, nil
+	case len(w) != cols:
+		msg := fmt.Sprintf("tensor %q: importance matrix %s has %d values, want %d (one per column)", name, p.imx.Path, len(w), cols)
+		if name == "token_embd.weight" {
+			if p.warn != nil {
+				p.warn(msg + "; quantized without")
+			}
+			return nil, nil
+		}
+		return nil, fmt.Errorf("quantize: %s", msg)
+	}
+	p.report.ImatrixTensors++
+	return w, nil
+}
+
+// imatrixKVs are the quantize.imatrix.* keys llama-quantize adds when it
+// uses an importance matrix (integers as u32, as its kv overrides write
+// them).
+func imatrixKVs(m *imatrix.Matrix) []gguf.KV {
+	if m == nil {
+		return nil
+	}
+	kvs := []gguf.KV{{Key: "quantize.imatrix.file", Value: m.Path}}
+	if len(m.Datasets) > 0 {
+		kvs = append(kvs, gguf.KV{Key: "quantize.imatrix.dataset", Value: m.Datasets[0]})
+	}
+	kvs = append(kvs, gguf.KV{Key: "quantize.imatrix.entries_count", Value: uint32(len(m.Entries))})
+	if m.ChunkCount > 0 {
+		kvs = append(kvs, gguf.KV{Key: "quantize.imatrix.chunks_count", Value: uint32(m.ChunkCount)})
+	}
+	return kvs
 }
 
 // kvList keeps the first AddKV error so the key list reads as a list.
@@ -397,7 +466,7 @@ func addTensors(w *gguf.Writer, st *safetensors.Reader, c *hfConfig, plan *expor
 	})
 
 	if c.arch == "llama" {
-		if err := addRopeFreqs(w, c); err != nil {
+		if err := addRopeFreqs(w, c, plan.report); err != nil {
 			return err
 		}
 	}
@@ -499,42 +568,15 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, block int, c *
 	var write func(out io.Writer) error
 	if qt.QuantizeRow == nil {
 		write = func(out io.Writer) error {
-			// Rows are batched to about 64K elements per conversion and write.
-			batch := max(1, (1<<16)/max(cols, 1))
-			f32 := make([]float32, min(batch, rows)*cols)
-			buf := make([]byte, len(f32)*4)
-			for r0 := 0; r0 < rows; r0 += batch {
-				nr := min(batch, rows-r0)
-				vals := f32[:nr*cols]
-				if err := convert(vals, r0, nr); err != nil {
-					return err
-				}
-				var b []byte
-				if typ == gguf.TypeF16 {
-					b = buf[:len(vals)*2]
-					for i, v := range vals {
-						h := safetensors.Float32ToF16(v)
-						b[2*i], b[2*i+1] = byte(h), byte(h>>8)
-					}
-				} else {
-					b = buf[:len(vals)*4]
-					for i, v := range vals {
-						u := math.Float32bits(v)
-						b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
-					}
-				}
-				if _, err := out.Write(b); err != nil {
-					return err
-				}
-				if plan.progress != nil {
-					plan.progress(int64(nr * cols * es))
-				}
-			}
-			return nil
+			return convertRows(out, typ, rows, cols, cols*es, plan, convert)
 		}
 	} else {
+		imx, err := plan.imatrixFor(name, cols)
+		if err != nil {
+			return err
+		}
 		write = func(out io.Writer) error {
-			return quantizeRows(out, qt, t.Name, rows, cols, es, plan, convert)
+			return quantizeRows(out, qt, t.Name, rows, cols, cols*es, imx, plan, convert)
 		}
 	}
 	if err := w.AddTensor(name, typ, t.Shape, write, nbytes); err != nil {
@@ -543,11 +585,52 @@ func addTensor(w *gguf.Writer, t safetensors.Tensor, name string, block int, c *
 	return nil
 }
 
+// convertRows streams a [rows, cols] tensor as F32 or F16 (typ), about 64K
+// elements per conversion and write; srcRowBytes is the input size of a row,
+// for progress.
+func convertRows(out io.Writer, typ gguf.Type, rows, cols, srcRowBytes int, plan *exportPlan, convert func([]float32, int, int) error) error {
+	batch := max(1, (1<<16)/max(cols, 1))
+	f32 := make([]float32, min(batch, rows)*cols)
+	buf := make([]byte, len(f32)*4)
+	for r0 := 0; r0 < rows; r0 += batch {
+		nr := min(batch, rows-r0)
+		vals := f32[:nr*cols]
+		if err := convert(vals, r0, nr); err != nil {
+			return err
+		}
+		var b []byte
+		if typ == gguf.TypeF16 {
+			b = buf[:len(vals)*2]
+			for i, v := range vals {
+				h := safetensors.Float32ToF16(v)
+				b[2*i], b[2*i+1] = byte(h), byte(h>>8)
+			}
+		} else {
+			b = buf[:len(vals)*4]
+			for i, v := range vals {
+				u := math.Float32bits(v)
+				b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+			}
+		}
+		if _, err := out.Write(b); err != nil {
+			return err
+		}
+		if plan.progress != nil {
+			plan.progress(int64(nr * srcRowBytes))
+		}
+	}
+	return nil
+}
+
 // quantizeRows streams a [rows, cols] tensor through qt in chunks of about
 // 1M elements; within a chunk each worker widens and quantizes its own run
-// of rows. Rows are independent in every ggml type, so the bytes do not
-// depend on the worker count.
-func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcElemSize int, plan *exportPlan, convert func([]float32, int, int) error) error {
+// of rows, each with the importance weights imx (nil for none; ignored by
+// types that take none). Rows are independent in every ggml type, so the
+// bytes do not depend on the worker count.
+func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcRowBytes int, imx []float32, plan *exportPlan, convert func([]float32, int, int) error) error {
+	if !qt.Imatrix {
+		imx = nil
+	}
 	rowBytes := cols / qt.BlockElems * qt.BlockBytes
 	chunk := max(plan.workers, (1<<20)/cols)
 	chunk = min(chunk, rows)
@@ -579,7 +662,7 @@ func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcElemSi
 					}
 				}
 				for r := a; r < b; r++ {
-					qt.QuantizeRow(q[r*rowBytes:(r+1)*rowBytes], f32[r*cols:(r+1)*cols], nil)
+					qt.QuantizeRow(q[r*rowBytes:(r+1)*rowBytes], f32[r*cols:(r+1)*cols], imx)
 				}
 			}(wi, a, b)
 		}
@@ -593,7 +676,7 @@ func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcElemSi
 			return err
 		}
 		if plan.progress != nil {
-			plan.progress(int64(nr * cols * srcElemSize))
+			plan.progress(int64(nr * srcRowBytes))
 		}
 	}
 	return nil
@@ -602,7 +685,7 @@ func quantizeRows(out io.Writer, qt Traits, tensor string, rows, cols, srcElemSi
 // addRopeFreqs mirrors LlamaModel.generate_extra_tensors: Llama 3.1's
 // "llama3" rope scaling becomes a rope_freqs.weight tensor of per-frequency
 // divisors.
-func addRopeFreqs(w *gguf.Writer, c *hfConfig) error {
+func addRopeFreqs(w *gguf.Writer, c *hfConfig, report *GGUFReport) error {
 	rs := c.ropeScaling()
 	if t, _ := rs["rope_type"].(string); strings.ToLower(t) != "llama3" {
 		return nil
@@ -658,6 +741,9 @@ func addRopeFreqs(w *gguf.Writer, c *hfConfig) error {
 	}, int64(len(b))); err != nil {
 		return fmt.Errorf("quantize: export gguf: %w", err)
 	}
+	report.Tensors++
+	report.Types[gguf.TypeF32.String()]++
+	report.OutBytes += int64(len(b))
 	return nil
 }
 

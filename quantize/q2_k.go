@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q2_K (ggml block_q2_K, GGML_TYPE_Q2_K = 10): super-blocks of 256 elements
 // in 16 groups of 16,
 //
@@ -109,26 +111,4 @@ func pack2Bit(qs []byte, L []uint8) {
 }
 
 // DequantizeRowQ2_K is dequantize_row_q2_K.
-func DequantizeRowQ2_K(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/qkK; i++ {
-		b := src[i*BlockQ2_KBytes : (i+1)*BlockQ2_KBytes]
-		y := dst[i*qkK : (i+1)*qkK]
-		d, dmin := getF16(b[80:]), getF16(b[82:])
-		q := b[16:80]
-		is, k := 0, 0
-		for n := 0; n < qkK; n += 128 {
-			for shift := 0; shift < 8; shift += 2 {
-				for half := 0; half < 2; half++ {
-					sc := b[is]
-					is++
-					dl, ml := d*float32(sc&0xF), dmin*float32(sc>>4)
-					for l := 0; l < 16; l++ {
-						y[k] = float32(dl*float32(q[16*half+l]>>shift&3)) - ml
-						k++
-					}
-				}
-			}
-			q = q[32:]
-		}
-	}
-}
+func DequantizeRowQ2_K(dst []float32, src []byte) { qblock.DequantizeQ2_K(dst, src) }

@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q3_K (ggml block_q3_K, GGML_TYPE_Q3_K = 11): super-blocks of 256 elements
 // in 16 groups of 16,
 //
@@ -116,41 +118,4 @@ func QuantizeRowQ3_K(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ3_K is dequantize_row_q3_K.
-func DequantizeRowQ3_K(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/qkK; i++ {
-		b := src[i*BlockQ3_KBytes : (i+1)*BlockQ3_KBytes]
-		y := dst[i*qkK : (i+1)*qkK]
-		dAll := getF16(b[108:])
-		hm, q, sc := b[0:32], b[32:96], b[96:108]
-		var scales [16]int
-		for j := 0; j < 16; j++ {
-			var lo uint8
-			if j < 8 {
-				lo = sc[j] & 0xF
-			} else {
-				lo = sc[j-8] >> 4
-			}
-			scales[j] = int(lo|(sc[8+j%4]>>(2*(j/4))&3)<<4) - 32
-		}
-		is, k := 0, 0
-		m := uint8(1)
-		for n := 0; n < qkK; n += 128 {
-			for shift := 0; shift < 8; shift += 2 {
-				for half := 0; half < 2; half++ {
-					dl := dAll * float32(scales[is])
-					is++
-					for l := 0; l < 16; l++ {
-						v := int(q[16*half+l] >> shift & 3)
-						if hm[16*half+l]&m == 0 {
-							v -= 4
-						}
-						y[k] = dl * float32(v)
-						k++
-					}
-				}
-				m <<= 1
-			}
-			q = q[32:]
-		}
-	}
-}
+func DequantizeRowQ3_K(dst []float32, src []byte) { qblock.DequantizeQ3_K(dst, src) }

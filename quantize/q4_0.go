@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q4_0 (ggml block_q4_0, GGML_TYPE_Q4_0 = 2): blocks of 32 elements,
 //
 //	[0:2)   d   fp16 scale
@@ -53,16 +55,7 @@ func QuantizeRowQ4_0(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ4_0 is dequantize_row_q4_0.
-func DequantizeRowQ4_0(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/32; i++ {
-		y := src[i*BlockQ4_0Bytes : (i+1)*BlockQ4_0Bytes]
-		d := getF16(y)
-		for j := 0; j < 16; j++ {
-			dst[i*32+j] = float32(int(y[2+j]&0xF)-8) * d
-			dst[i*32+j+16] = float32(int(y[2+j]>>4)-8) * d
-		}
-	}
-}
+func DequantizeRowQ4_0(dst []float32, src []byte) { qblock.DequantizeQ4_0(dst, src) }
 
 // signedAbsMax returns the largest |x| and the first x attaining it (the
 // "max" of the symmetric formats, whose sign fixes the scale's).

@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q4_1 (ggml block_q4_1, GGML_TYPE_Q4_1 = 3): blocks of 32 elements,
 //
 //	[0:2)   d   fp16 scale
@@ -44,16 +46,7 @@ func QuantizeRowQ4_1(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ4_1 is dequantize_row_q4_1.
-func DequantizeRowQ4_1(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/32; i++ {
-		y := src[i*BlockQ4_1Bytes : (i+1)*BlockQ4_1Bytes]
-		d, m := getF16(y), getF16(y[2:])
-		for j := 0; j < 16; j++ {
-			dst[i*32+j] = float32(float32(y[4+j]&0xF)*d) + m
-			dst[i*32+j+16] = float32(float32(y[4+j]>>4)*d) + m
-		}
-	}
-}
+func DequantizeRowQ4_1(dst []float32, src []byte) { qblock.DequantizeQ4_1(dst, src) }
 
 // minMax starts from ±FLT_MAX as the _ref quantizers do.
 func minMax(x []float32) (minv, maxv float32) {

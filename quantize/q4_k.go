@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q4_K (ggml block_q4_K, GGML_TYPE_Q4_K = 12): super-blocks of 256 elements
 // in 8 groups of 32,
 //
@@ -31,25 +33,7 @@ func QuantizeRowQ4_K(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ4_K is dequantize_row_q4_K.
-func DequantizeRowQ4_K(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/qkK; i++ {
-		b := src[i*BlockQ4_KBytes : (i+1)*BlockQ4_KBytes]
-		y := dst[i*qkK : (i+1)*qkK]
-		d, dmin := getF16(b), getF16(b[2:])
-		q := b[16:]
-		for j, is := 0, 0; j < qkK; j, is = j+64, is+2 {
-			sc, m := getScaleMinK4(is, b[4:])
-			d1, m1 := d*float32(sc), dmin*float32(m)
-			sc, m = getScaleMinK4(is+1, b[4:])
-			d2, m2 := d*float32(sc), dmin*float32(m)
-			for l := 0; l < 32; l++ {
-				y[j+l] = float32(d1*float32(q[l]&0xF)) - m1
-				y[j+32+l] = float32(d2*float32(q[l]>>4)) - m2
-			}
-			q = q[32:]
-		}
-	}
-}
+func DequantizeRowQ4_K(dst []float32, src []byte) { qblock.DequantizeQ4_K(dst, src) }
 
 // quantizeKMin is the shared body of the Q4_K and Q5_K quantizers (nmax 15
 // or 31): it fills dst's d, dmin and scales and hands the levels L (one per

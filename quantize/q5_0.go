@@ -1,6 +1,10 @@
 package quantize
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/tunellm/tune/kernels/qblock"
+)
 
 // Q5_0 (ggml block_q5_0, GGML_TYPE_Q5_0 = 6): blocks of 32 elements,
 //
@@ -58,22 +62,5 @@ func packQ5(b []byte, q func(j int) uint8) {
 	binary.LittleEndian.PutUint32(b, qh)
 }
 
-// unpackQ5 returns the 5-bit level of element j from qh (4 bytes) and qs.
-func unpackQ5(b []byte, j int) int {
-	qh := binary.LittleEndian.Uint32(b)
-	if j < 16 {
-		return int(b[4+j]&0xF) | int(qh>>j&1)<<4
-	}
-	return int(b[4+j-16]>>4) | int(qh>>j&1)<<4
-}
-
 // DequantizeRowQ5_0 is dequantize_row_q5_0.
-func DequantizeRowQ5_0(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/32; i++ {
-		y := src[i*BlockQ5_0Bytes : (i+1)*BlockQ5_0Bytes]
-		d := getF16(y)
-		for j := 0; j < 32; j++ {
-			dst[i*32+j] = float32(unpackQ5(y[2:], j)-16) * d
-		}
-	}
-}
+func DequantizeRowQ5_0(dst []float32, src []byte) { qblock.DequantizeQ5_0(dst, src) }

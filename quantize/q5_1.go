@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q5_1 (ggml block_q5_1, GGML_TYPE_Q5_1 = 7): blocks of 32 elements,
 //
 //	[0:2)   d   fp16 scale
@@ -40,12 +42,4 @@ func QuantizeRowQ5_1(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ5_1 is dequantize_row_q5_1.
-func DequantizeRowQ5_1(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/32; i++ {
-		y := src[i*BlockQ5_1Bytes : (i+1)*BlockQ5_1Bytes]
-		d, m := getF16(y), getF16(y[2:])
-		for j := 0; j < 32; j++ {
-			dst[i*32+j] = float32(float32(unpackQ5(y[4:], j))*d) + m
-		}
-	}
-}
+func DequantizeRowQ5_1(dst []float32, src []byte) { qblock.DequantizeQ5_1(dst, src) }

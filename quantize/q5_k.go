@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q5_K (ggml block_q5_K, GGML_TYPE_Q5_K = 13): super-blocks of 256 elements
 // in 8 groups of 32,
 //
@@ -43,32 +45,4 @@ func QuantizeRowQ5_K(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ5_K is dequantize_row_q5_K.
-func DequantizeRowQ5_K(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/qkK; i++ {
-		b := src[i*BlockQ5_KBytes : (i+1)*BlockQ5_KBytes]
-		y := dst[i*qkK : (i+1)*qkK]
-		d, dmin := getF16(b), getF16(b[2:])
-		qh, ql := b[16:48], b[48:]
-		u1, u2 := uint8(1), uint8(2)
-		for j, is := 0, 0; j < qkK; j, is = j+64, is+2 {
-			sc, m := getScaleMinK4(is, b[4:])
-			d1, m1 := d*float32(sc), dmin*float32(m)
-			sc, m = getScaleMinK4(is+1, b[4:])
-			d2, m2 := d*float32(sc), dmin*float32(m)
-			for l := 0; l < 32; l++ {
-				h1, h2 := 0, 0
-				if qh[l]&u1 != 0 {
-					h1 = 16
-				}
-				if qh[l]&u2 != 0 {
-					h2 = 16
-				}
-				y[j+l] = float32(d1*float32(int(ql[l]&0xF)+h1)) - m1
-				y[j+32+l] = float32(d2*float32(int(ql[l]>>4)+h2)) - m2
-			}
-			ql = ql[32:]
-			u1 <<= 2
-			u2 <<= 2
-		}
-	}
-}
+func DequantizeRowQ5_K(dst []float32, src []byte) { qblock.DequantizeQ5_K(dst, src) }

@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q6_K (ggml block_q6_K, GGML_TYPE_Q6_K = 14): super-blocks of 256 elements
 // in 16 groups of 16,
 //
@@ -75,25 +77,4 @@ func QuantizeRowQ6_K(dst []byte, src []float32, imatrix []float32) {
 }
 
 // DequantizeRowQ6_K is dequantize_row_q6_K.
-func DequantizeRowQ6_K(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/qkK; i++ {
-		b := src[i*BlockQ6_KBytes : (i+1)*BlockQ6_KBytes]
-		y := dst[i*qkK : (i+1)*qkK]
-		d := getF16(b[208:])
-		ql, qh, sc := b[0:128], b[128:192], b[192:208]
-		for n := 0; n < qkK; n += 128 {
-			for l := 0; l < 32; l++ {
-				is := l / 16
-				q1 := int(ql[l]&0xF|(qh[l]>>0&3)<<4) - 32
-				q2 := int(ql[l+32]&0xF|(qh[l]>>2&3)<<4) - 32
-				q3 := int(ql[l]>>4|(qh[l]>>4&3)<<4) - 32
-				q4 := int(ql[l+32]>>4|(qh[l]>>6&3)<<4) - 32
-				y[n+l] = d * float32(int8(sc[is])) * float32(q1)
-				y[n+l+32] = d * float32(int8(sc[is+2])) * float32(q2)
-				y[n+l+64] = d * float32(int8(sc[is+4])) * float32(q3)
-				y[n+l+96] = d * float32(int8(sc[is+6])) * float32(q4)
-			}
-			ql, qh, sc = ql[64:], qh[32:], sc[8:]
-		}
-	}
-}
+func DequantizeRowQ6_K(dst []float32, src []byte) { qblock.DequantizeQ6_K(dst, src) }

@@ -1,5 +1,7 @@
 package quantize
 
+import "github.com/tunellm/tune/kernels/qblock"
+
 // Q8_0 (ggml block_q8_0, GGML_TYPE_Q8_0 = 8): blocks of 32 elements,
 //
 //	[0:2)   d   fp16 scale
@@ -33,12 +35,4 @@ func QuantizeRowQ8_0(dst []byte, src []float32, _ []float32) {
 }
 
 // DequantizeRowQ8_0 is dequantize_row_q8_0: x = qs*d.
-func DequantizeRowQ8_0(dst []float32, src []byte) {
-	for i := 0; i < len(dst)/BlockQ8_0Elems; i++ {
-		y := src[i*BlockQ8_0Bytes : (i+1)*BlockQ8_0Bytes]
-		d := getF16(y)
-		for j := 0; j < BlockQ8_0Elems; j++ {
-			dst[i*BlockQ8_0Elems+j] = float32(int8(y[2+j])) * d
-		}
-	}
-}
+func DequantizeRowQ8_0(dst []float32, src []byte) { qblock.DequantizeQ8_0(dst, src) }

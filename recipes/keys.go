@@ -2,7 +2,9 @@ package recipes
 
 import (
 	"fmt"
+	"github.com/tunellm/tune/hub"
 	"math"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -24,9 +26,9 @@ type key struct {
 // keys is the recipe's contract: every key, in the order Explain and YAML
 // print them. Defaults follow PEFT's and transformers' usual LoRA settings.
 var keys = []key{
-	{"model.path", "path", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json)", func(r *Recipe) any { return &r.Model.Path }},
+	{"model.path", "path", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a Hub id org/name[@rev] (downloaded to the HF cache)", func(r *Recipe) any { return &r.Model.Path }},
 
-	{"dataset.path", "path", "", "training data: a .jsonl/.json/.parquet/.arrow file, a folder or a glob", func(r *Recipe) any { return &r.Dataset.Path }},
+	{"dataset.path", "path", "", "training data: a .jsonl/.json/.parquet/.arrow file, a folder, a glob, or a Hub dataset id org/name[:split]", func(r *Recipe) any { return &r.Dataset.Path }},
 	{"dataset.format", "string", "chat", "row format: chat (messages), instruction, completion or text", func(r *Recipe) any { return &r.Dataset.Format }},
 	{"dataset.columns", "map", "{}", "field -> column name (messages, text, instruction, input, output, prompt, completion)", func(r *Recipe) any { return &r.Dataset.Columns }},
 	{"dataset.validation", "fraction|path", "0", "held-out data: a fraction of the rows in [0, 1), or a file of its own", func(r *Recipe) any { return &r.Dataset.Validation }},
@@ -72,6 +74,25 @@ var keys = []key{
 
 	{"output.dir", "path", "", "run folder: adapter/, checkpoints/, metrics.jsonl, recipe.yaml", func(r *Recipe) any { return &r.Output.Dir }},
 	{"output.dtype", "string", "f32", "dtype of the saved adapter: f32, bf16 or f16", func(r *Recipe) any { return &r.Output.DType }},
+
+	// The stages after training (package pipeline): a recipe that sets any
+	// of these keys makes tune lora run them too; tune run always does.
+	{"merge.enabled", "bool", "true", "fold the adapter into the base (merged/, as PEFT's merge_and_unload); quantize starts from it", func(r *Recipe) any { return &r.Merge.Enabled }},
+	{"merge.dtype", "string", "", "dtype of the merged weights: bf16, f16 or f32 (empty: the base's)", func(r *Recipe) any { return &r.Merge.DType }},
+
+	{"quantize", "outputs", "[]", "quantized outputs of the merged model, a list of {format: gguf, type: Q4_K_M} (a llama.cpp mix) or " +
+		"{format: safetensors, bits: 4|8, group_size: 128 (-1: per channel), method: rtn|gptq, layout: gptq|compressed-tensors, sym: true, calib: FILE (gptq)}",
+		func(r *Recipe) any { return &r.Quantize }},
+
+	{"validate.data", "path", "", "held-out text (.txt, .jsonl/.json text field, .parquet text column) for perplexity, KL divergence and the merge check", func(r *Recipe) any { return &r.Checks.Data }},
+	{"validate.ctx", "int", "512", "tokens per validation window", func(r *Recipe) any { return &r.Checks.Ctx }},
+	{"validate.bench", "benches", "[]", "spot-checks run on every artifact and its reference: a list of {task: mmlu|arc|hellaswag|gsm8k|mcq, data: FILE, limit: 50, shots: 0}", func(r *Recipe) any { return &r.Checks.Bench }},
+	{"validate.max_ppl_increase_pct", "number|off", "5", "gate: a quantized model's perplexity at most this % above the merged model's", func(r *Recipe) any { return &r.Checks.MaxPPLIncreasePct }},
+	{"validate.max_mean_kld", "number|off", "0.1", "gate: mean KL divergence (nats) of a quantized model's next-token distributions from the merged model's", func(r *Recipe) any { return &r.Checks.MaxMeanKLD }},
+	{"validate.min_top1_agreement", "number|off", "0.9", "gate: fraction of tokens whose argmax agrees between a quantized model and the merged model", func(r *Recipe) any { return &r.Checks.MinTop1Agreement }},
+	{"validate.max_acc_drop", "number|off", "0.05", "gate: spot-check accuracy drop (a fraction) of any artifact from its reference", func(r *Recipe) any { return &r.Checks.MaxAccDrop }},
+	{"validate.min_ppl_decrease_pct", "number|off", "off", "gate: the adapter's perplexity on validate.data at least this % below the base's (negative: at most -N % above)", func(r *Recipe) any { return &r.Checks.MinPPLDecreasePct }},
+	{"validate.merge_logit_tol", "number|off", "0.01", "gate: max |logit difference| of the merged model from base+adapter on validate.data (raise for a bf16 merge of a big model)", func(r *Recipe) any { return &r.Checks.MergeLogitTol }},
 }
 
 func (k *key) setDefault(r *Recipe) error {
@@ -96,6 +117,7 @@ func (k *key) set(r *Recipe, n *yaml.Node, base string) error {
 			return fmt.Errorf("want a string, found %s", kindName(n))
 		}
 		v := n.Value
+		k.noteHubID(r, v, base)
 		if k.kind == "path" && v != "" && base != "" && !filepath.IsAbs(v) {
 			v = filepath.Join(base, v)
 		}
@@ -119,23 +141,20 @@ func (k *key) set(r *Recipe, n *yaml.Node, base string) error {
 		}
 		*p = uint64(v)
 	case *float64:
+		if k.kind == "number|off" {
+			return setThreshold(p, n)
+		}
 		v, err := floatValue(n)
 		if err != nil {
 			return err
 		}
 		*p = v
 	case *bool:
-		if n.Kind != yaml.ScalarNode {
-			return fmt.Errorf("want true or false, found %s", kindName(n))
-		}
-		switch strings.ToLower(n.Value) {
-		case "true", "yes", "on":
-			*p = true
-		case "false", "no", "off":
-			*p = false
-		default:
-			return fmt.Errorf("want true or false, found %q", n.Value)
-		}
+		return setBool(p, n)
+	case *[]QuantizeOutput:
+		return setQuantize(p, n, base)
+	case *[]BenchSpec:
+		return setBench(p, n, base)
 	case *[]string:
 		// PEFT accepts one string ("all-linear") or a list.
 		switch n.Kind {
@@ -204,6 +223,21 @@ func (k *key) set(r *Recipe, n *yaml.Node, base string) error {
 	return nil
 }
 
+func setBool(p *bool, n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("want true or false, found %s", kindName(n))
+	}
+	switch strings.ToLower(n.Value) {
+	case "true", "yes", "on":
+		*p = true
+	case "false", "no", "off":
+		*p = false
+	default:
+		return fmt.Errorf("want true or false, found %q", n.Value)
+	}
+	return nil
+}
+
 func intValue(n *yaml.Node) (int64, error) {
 	if n.Kind != yaml.ScalarNode {
 		return 0, fmt.Errorf("want an integer, found %s", kindName(n))
@@ -245,6 +279,9 @@ func (k *key) format(r *Recipe) string {
 	case *uint64:
 		return strconv.FormatUint(*p, 10)
 	case *float64:
+		if math.IsNaN(*p) {
+			return "off"
+		}
 		return strconv.FormatFloat(*p, 'g', -1, 64)
 	case *bool:
 		return strconv.FormatBool(*p)
@@ -274,6 +311,10 @@ func (k *key) format(r *Recipe) string {
 			q[i] = yamlScalar(k) + ": " + yamlScalar((*p)[k])
 		}
 		return "{" + strings.Join(q, ", ") + "}"
+	case *[]QuantizeOutput:
+		return formatQuantize(*p)
+	case *[]BenchSpec:
+		return formatBench(*p)
 	case *Validation:
 		if p.Path != "" {
 			return yamlScalar(p.Path)
@@ -292,4 +333,32 @@ func yamlScalar(s string) string {
 		return s
 	}
 	return strconv.Quote(s)
+}
+
+// noteHubID records, for model.path and dataset.path, a value shaped like a
+// Hugging Face Hub id ("Qwen/Qwen3-8B", "org/name@rev", "org/data:split")
+// that names no path beside the recipe (nor, from --set, in the working
+// folder): the command downloads that repository (or finds it in the cache)
+// before training, unless the path appears by then.
+func (k *key) noteHubID(r *Recipe, v, base string) {
+	var id *string
+	switch k.name {
+	case "model.path":
+		id = &r.Model.ID
+	case "dataset.path":
+		id = &r.Dataset.ID
+	default:
+		return
+	}
+	*id = ""
+	repo := v
+	if i := strings.LastIndexByte(repo, ':'); i > 0 && k.name == "dataset.path" {
+		repo = repo[:i]
+	}
+	if !hub.LooksLikeID(repo) || filepath.IsAbs(v) {
+		return
+	}
+	if _, err := os.Lstat(filepath.Join(base, v)); err != nil {
+		*id = v
+	}
 }

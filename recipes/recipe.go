@@ -36,6 +36,10 @@ type Recipe struct {
 	Train   TrainSection
 	Output  OutputSection
 
+	Merge    MergeSection
+	Quantize []QuantizeOutput
+	Checks   ValidateSection // validate:
+
 	// pos holds where each key set by the file was written ("file:line:col"),
 	// so that validation errors point at it.
 	pos map[string]string
@@ -46,11 +50,19 @@ type Recipe struct {
 // ModelSection is `model:`.
 type ModelSection struct {
 	Path string
+	// ID is model.path as written when it is shaped like a Hub id
+	// (org/name[@rev]) and no such folder exists: the command resolves it
+	// to the cached snapshot (Path) before training, and adapters record it
+	// as their base model. "" when model.path is a folder.
+	ID string
 }
 
 // DatasetSection is `dataset:`.
 type DatasetSection struct {
-	Path         string
+	Path string
+	// ID is dataset.path as written when it is a Hub dataset id
+	// (org/name[@rev][:split]) naming no local path; see ModelSection.ID.
+	ID           string
 	Format       string
 	Columns      map[string]string
 	Validation   Validation
@@ -200,6 +212,18 @@ func Parse(name string, b []byte) (*Recipe, error) {
 		if vn.Kind == yaml.ScalarNode && vn.Tag == "!!null" {
 			continue
 		}
+		if k := lookup(section); k != nil { // a section that is one key (quantize: a list)
+			if seen[section] {
+				return nil, &Error{Pos: at(name, kn), Err: fmt.Errorf("%s is set twice", section)}
+			}
+			seen[section] = true
+			if err := k.set(r, vn, base); err != nil {
+				return nil, &Error{Pos: at(name, errNode(err, vn)), Err: fmt.Errorf("%s: %w", section, err)}
+			}
+			r.pos[section] = at(name, kn)
+			r.set[section] = true
+			continue
+		}
 		if vn.Kind != yaml.MappingNode {
 			return nil, &Error{Pos: at(name, vn), Err: fmt.Errorf("%s: want a mapping of keys, found %s", section, kindName(vn))}
 		}
@@ -215,7 +239,7 @@ func Parse(name string, b []byte) (*Recipe, error) {
 			}
 			seen[full] = true
 			if err := k.set(r, kv, base); err != nil {
-				return nil, &Error{Pos: at(name, kv), Err: fmt.Errorf("%s: %w", full, err)}
+				return nil, &Error{Pos: at(name, errNode(err, kv)), Err: fmt.Errorf("%s: %w", full, err)}
 			}
 			r.pos[full] = at(name, kk)
 			r.set[full] = true
@@ -369,7 +393,7 @@ func (r *Recipe) Validate() error {
 	if t.Mode == "full" && r.LoRA.InitAdapter != "" {
 		return r.errorf("lora.init_adapter", "set with train.mode full: an adapter only continues a LoRA run")
 	}
-	return nil
+	return r.validatePipeline()
 }
 
 func required(r *Recipe, key, v string) error {
@@ -386,13 +410,29 @@ func (r *Recipe) YAML() string {
 	section := ""
 	for _, k := range keys {
 		s, name, _ := strings.Cut(k.name, ".")
-		if s != section {
+		if s != section && name != "" {
 			fmt.Fprintf(&sb, "%s:\n", s)
-			section = s
 		}
-		fmt.Fprintf(&sb, "  %s: %s\n", name, k.format(r))
+		section = s
+		if name == "" { // a section that is one key
+			fmt.Fprintf(&sb, "%s: %s\n", s, k.format(r))
+			continue
+		}
+		v := k.format(r)
+		// An unresolved Hub id stays an id, not a missing folder.
+		if k.name == "model.path" && r.Model.ID != "" && !exists(r.Model.Path) {
+			v = yamlScalar(r.Model.ID)
+		} else if k.name == "dataset.path" && r.Dataset.ID != "" && !exists(r.Dataset.Path) {
+			v = yamlScalar(r.Dataset.ID)
+		}
+		fmt.Fprintf(&sb, "  %s: %s\n", name, v)
 	}
 	return sb.String()
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // Explain documents every key: type, default and what it does, by section.
@@ -491,6 +531,15 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// errNode is the node a nested error points at, else n.
+func errNode(err error, n *yaml.Node) *yaml.Node {
+	var ne *nodeError
+	if errors.As(err, &ne) {
+		return ne.n
+	}
+	return n
 }
 
 func at(name string, n *yaml.Node) string {

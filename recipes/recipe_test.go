@@ -232,18 +232,27 @@ func TestExplainListsEveryKey(t *testing.T) {
 // TestShippedRecipes: the recipes in this folder load and validate, and their
 // dataset files exist.
 func TestShippedRecipes(t *testing.T) {
-	for _, name := range []string{"legal.yaml", "tiny-test.yaml"} {
+	for _, name := range []string{"legal.yaml", "tiny-test.yaml", "tiny-pipeline.yaml"} {
 		r, err := Load(name, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, p := range []string{r.Model.Path, r.Dataset.Path} {
-			if _, err := os.Stat(p); err != nil && name == "tiny-test.yaml" {
+			if _, err := os.Stat(p); err != nil && strings.HasPrefix(name, "tiny-") {
 				t.Errorf("%s: %v", name, err)
 			}
 		}
 		if _, err := os.Stat(r.Dataset.Path); err != nil {
 			t.Errorf("%s: dataset: %v", name, err)
+		}
+		files := []string{r.Checks.Data}
+		for _, b := range r.Checks.Bench {
+			files = append(files, b.Data)
+		}
+		for _, p := range files {
+			if _, err := os.Stat(p); p != "" && err != nil {
+				t.Errorf("%s: validate: %v", name, err)
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package recipes
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,7 @@ func (r *Recipe) LoRAConfig() lora.Config {
 	}
 	return lora.Config{R: r.LoRA.R, Alpha: r.LoRA.Alpha, Dropout: r.LoRA.Dropout,
 		TargetModules: append([]string(nil), r.LoRA.TargetModules...), LayersToTransform: layers,
-		UseRSLoRA: r.LoRA.UseRSLoRA, UseDoRA: r.LoRA.UseDoRA, BaseModel: r.Model.Path}
+		UseRSLoRA: r.LoRA.UseRSLoRA, UseDoRA: r.LoRA.UseDoRA, BaseModel: cmp.Or(r.Model.ID, r.Model.Path)}
 }
 
 // TrainConfig is the recipe's train and output sections as train.Run takes

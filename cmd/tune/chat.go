@@ -6,10 +6,6 @@ import (
 	"github.com/tunellm/tune/tokenizer"
 )
 
-func loadTokenizer(dir string) (*tokenizer.Tokenizer, error) {
-	return tokenizer.Load(dir)
-}
-
 // renderChatJSON renders a JSON list of messages with the model's chat template, as
 // transformers' apply_chat_template does (bos_token and eos_token as variables).
 func renderChatJSON(tok *tokenizer.Tokenizer, msgsJSON []byte, addGenerationPrompt bool, thinking *bool) (string, error) {

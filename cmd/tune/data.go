@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -123,7 +124,13 @@ where no loss is taken, as transformers does.`,
 	return cmd
 }
 
-func dataPreviewRun(opts *DataPreviewOptions) error {
+func dataPreviewRun(opts *DataPreviewOptions) (err error) {
+	if err := resolveModelArgs(context.Background(), opts.IO, &opts.ModelDir); err != nil {
+		return err
+	}
+	if opts.Data, err = resolveDatasetArg(context.Background(), opts.IO, opts.Data); err != nil {
+		return err
+	}
 	tok, err := loadTokenizer(opts.ModelDir)
 	if err != nil {
 		return err
@@ -241,7 +248,13 @@ tokenizer, template and settings), so a training run with the same settings star
 	return cmd
 }
 
-func dataStatsRun(opts *DataStatsOptions) error {
+func dataStatsRun(opts *DataStatsOptions) (err error) {
+	if err := resolveModelArgs(context.Background(), opts.IO, &opts.ModelDir); err != nil {
+		return err
+	}
+	if opts.Data, err = resolveDatasetArg(context.Background(), opts.IO, opts.Data); err != nil {
+		return err
+	}
 	tok, err := loadTokenizer(opts.ModelDir)
 	if err != nil {
 		return err

@@ -15,9 +15,10 @@ func newCmdEval(f *Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "eval <measure>",
 		Short: "Measure a model: perplexity, KL divergence from a base, benchmark tasks",
-		Long:  "Eval measures a model folder (with --adapter, a PEFT adapter on it) on a corpus or a benchmark file.\nEvery measure prints a summary, or JSON with --json.",
+		Long:  "Eval measures a model (a Hugging Face folder, a quantized GPTQ/compressed-tensors folder or a .gguf file;\nwith --adapter, a PEFT adapter on it) on a corpus or a benchmark file.\nEvery measure prints a summary, or JSON with --json.",
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.txt
-  tune eval ppl --model ./Qwen3-8B --data test.parquet --ctx 1024 --json`,
+  tune eval ppl --model ./Qwen3-8B --data test.parquet --ctx 1024 --json
+  tune eval ppl --model qwen3-8b-q4_k_m.gguf --data wiki.test.txt`,
 	}
 	cmd.AddCommand(newCmdEvalPPL(f, nil), newCmdEvalKLD(f, nil), newCmdEvalBench(f, nil))
 	return cmd
@@ -38,7 +39,7 @@ type EvalPPLOptions struct {
 func newCmdEvalPPL(f *Factory, runF func(*EvalPPLOptions) error) *cobra.Command {
 	opts := &EvalPPLOptions{IO: f.IO}
 	cmd := &cobra.Command{
-		Use:   "ppl --model DIR --data FILE",
+		Use:   "ppl --model PATH --data FILE",
 		Short: "Perplexity of a model on a text corpus",
 		Long: `Perplexity reads a corpus (plain text; JSONL, a JSON list or Parquet with a text
 column; rows are joined with a blank line "\n\n"), tokenizes it as one stream (the
@@ -53,11 +54,12 @@ is lower with a longer --ctx, so compare models at the same --ctx.`,
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw
   tune eval ppl --model ./Qwen3-8B --data data/test-00000-of-00001.parquet --column text --json
   tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000
-  tune eval ppl --model ./Qwen3-8B --adapter ./out/legal/adapter --data legal-heldout.jsonl`,
+  tune eval ppl --model ./Qwen3-8B --adapter ./out/legal/adapter --data legal-heldout.jsonl
+  tune eval ppl --model qwen3-8b-q4_k_m.gguf --data wiki.test.raw   # a GGUF: its own tokenizer, quantized matmuls`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
-				return flagErrorf("--model is required: a Hugging Face model folder")
+				return flagErrorf("--model is required: a Hugging Face model folder, a quantized folder or a .gguf file")
 			}
 			if opts.Data == "" {
 				return flagErrorf("--data is required: a .txt, .jsonl, .json or .parquet file")
@@ -75,7 +77,7 @@ is lower with a longer --ctx, so compare models at the same --ctx.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.ModelDir, "model", "", modelPathHelp)
 	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter folder to apply, unmerged")
 	fl.StringVar(&opts.Data, "data", "", "corpus: .txt, .jsonl, .json or .parquet")
 	fl.StringVar(&opts.Column, "column", "text", "JSON field or Parquet column holding the text")

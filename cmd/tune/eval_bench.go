@@ -28,7 +28,7 @@ type EvalBenchOptions struct {
 func newCmdEvalBench(f *Factory, runF func(*EvalBenchOptions) error) *cobra.Command {
 	opts := &EvalBenchOptions{IO: f.IO}
 	cmd := &cobra.Command{
-		Use:   "bench --model DIR --task TASK --data FILE",
+		Use:   "bench --model PATH --task TASK --data FILE",
 		Short: "Benchmark accuracy as lm-evaluation-harness scores it (mmlu, arc, hellaswag, gsm8k, mcq)",
 		Long: `Bench scores a model on a benchmark file (Parquet, Arrow or JSONL with the Hugging
 Face Hub's columns) exactly as EleutherAI/lm-evaluation-harness does:
@@ -51,11 +51,12 @@ first_n sampler; mmlu uses the item's subject only). Metrics come with harness's
 standard error sqrt(p(1-p)/(n-1)).`,
 		Example: `  tune eval bench --model ./Qwen3-8B --task mmlu --data mmlu/test.parquet --fewshot-data mmlu/dev.parquet --shots 5
   tune eval bench --model ./Qwen3-8B --task arc --data ARC-Easy/test.parquet --limit 200 --json
+  tune eval bench --model qwen3-8b-q4_k_m.gguf --task arc --data ARC-Easy/test.parquet --limit 200
   tune eval bench --model ./Qwen3-8B --adapter ./out/adapter --task mcq --data legal-mcq.jsonl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
-				return flagErrorf("--model is required: a Hugging Face model folder")
+				return flagErrorf("--model is required: a Hugging Face model folder, a quantized folder or a .gguf file")
 			}
 			if !slices.Contains(eval.BenchTasks, opts.Task) {
 				return flagErrorf("--task %q: want one of %s", opts.Task, strings.Join(eval.BenchTasks, ", "))
@@ -76,7 +77,7 @@ standard error sqrt(p(1-p)/(n-1)).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.ModelDir, "model", "", modelPathHelp)
 	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter folder to apply, unmerged")
 	fl.StringVar(&opts.Task, "task", "", "task: "+strings.Join(eval.BenchTasks, ", "))
 	fl.StringVar(&opts.Data, "data", "", "benchmark file: .parquet, .arrow or .jsonl")

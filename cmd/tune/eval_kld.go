@@ -28,7 +28,7 @@ type EvalKLDOptions struct {
 func newCmdEvalKLD(f *Factory, runF func(*EvalKLDOptions) error) *cobra.Command {
 	opts := &EvalKLDOptions{IO: f.IO}
 	cmd := &cobra.Command{
-		Use:   "kld --base DIR --model DIR --data FILE",
+		Use:   "kld --base PATH --model PATH --data FILE",
 		Short: "KL divergence of a model's next-token distributions from a base model's",
 		Long: `Kld runs a base model and a model (quantized, merged, or the base with --adapter)
 over the same windows of a corpus and reports, per scored token, KL(P_base || P_model)
@@ -42,8 +42,10 @@ token of each window when the tokenizer adds one, and only the second half of ea
 window scored (positions ctx/2+1 .. ctx-1). --all-tokens scores like eval ppl instead:
 every token but the first of each window, the last partial window too.
 
-Both folders must have the same tokenizer.`,
+Base and model are Hugging Face folders, quantized (GPTQ / compressed-tensors) folders
+or .gguf files, in any mix; they must have the same vocabulary.`,
 		Example: `  tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B-int4 --data wiki.test.raw
+  tune eval kld --base ./Qwen3-8B --model qwen3-8b-q4_k_m.gguf --data wiki.test.raw
   tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B --adapter ./out/adapter --data held.jsonl --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -69,8 +71,8 @@ Both folders must have the same tokenizer.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.BaseDir, "base", "", "reference model folder (P_base)")
-	fl.StringVar(&opts.ModelDir, "model", "", "model folder to compare (P_model)")
+	fl.StringVar(&opts.BaseDir, "base", "", "reference model (P_base): a Hugging Face folder, a quantized folder or a .gguf file")
+	fl.StringVar(&opts.ModelDir, "model", "", "model to compare (P_model): a Hugging Face folder, a quantized folder or a .gguf file")
 	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter applied to --model, unmerged")
 	fl.StringVar(&opts.Data, "data", "", "corpus: .txt, .jsonl, .json or .parquet")
 	fl.StringVar(&opts.Column, "column", "text", "JSON field or Parquet column holding the text")
@@ -97,7 +99,7 @@ func readCorpus(path, column string) (string, error) {
 }
 
 func evalKLDRun(opts *EvalKLDOptions) error {
-	if err := eval.SameTokenizer(opts.BaseDir, opts.ModelDir); err != nil {
+	if err := sameTokenizer(opts.BaseDir, opts.ModelDir, eval.SameTokenizer); err != nil {
 		return err
 	}
 	tok, err := loadTokenizer(opts.BaseDir)

@@ -35,7 +35,7 @@ type GenerateOptions struct {
 func newCmdGenerate(f *Factory, runF func(*GenerateOptions) error) *cobra.Command {
 	opts := &GenerateOptions{IO: f.IO}
 	cmd := &cobra.Command{
-		Use:   "generate --model DIR --prompt TEXT",
+		Use:   "generate --model PATH --prompt TEXT",
 		Short: "Generate text from a prompt, streamed as it is produced",
 		Long: `Generate runs the model on the CPU and streams the continuation of a prompt to
 standard output. Each new token costs one token's forward pass (KV cache).
@@ -47,16 +47,21 @@ softmax(logits/temperature), restricted by --top-k and --top-p (nucleus), and
 tokens (config.json eos_token_id and the tokenizer's eos_token) or after
 --max-tokens.
 
+--model is a Hugging Face folder, a quantized (GPTQ / compressed-tensors) folder or a
+.gguf file (its tokenizer and chat template come from its metadata; its quantized
+matrices stay quantized in memory).
+
 With --chat, the prompt is sent as a user message through the model's chat
 template with the generation prompt added (--system adds a system message).`,
 		Example: `  tune generate --model ./Qwen3-8B --prompt "The capital of France is" --temperature 0
   tune generate --model ./Qwen3-8B --chat --prompt "Write a haiku about rain." --thinking=false
+  tune generate --model qwen3-8b-q4_k_m.gguf --chat --prompt "Write a haiku about rain."
   tune generate --model ./Qwen3-8B --chat --prompt "Tell a story" --temperature 0.7 --top-p 0.8 --seed 42
   tune generate --model ./Qwen3-8B --adapter ./out/legal/adapter --chat --prompt "What is consideration in contract law?"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
-				return flagErrorf("--model is required: a Hugging Face model folder")
+				return flagErrorf("--model is required: a Hugging Face model folder, a quantized folder or a .gguf file")
 			}
 			if !cmd.Flags().Changed("prompt") {
 				return flagErrorf("--prompt is required")
@@ -88,7 +93,7 @@ template with the generation prompt added (--system adds a system message).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.ModelDir, "model", "", "Hugging Face model folder")
+	fl.StringVar(&opts.ModelDir, "model", "", modelPathHelp)
 	fl.StringVar(&opts.AdapterDir, "adapter", "", "PEFT LoRA adapter folder to apply, unmerged")
 	fl.StringVar(&opts.Prompt, "prompt", "", "prompt text")
 	fl.StringVar(&opts.System, "system", "", "with --chat: a system message")

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/export"
 	"github.com/tunellm/tune/model/safetensors"
 	"github.com/tunellm/tune/quantize/gguf"
 )
@@ -69,10 +72,27 @@ type inspectReport struct {
 	TotalBytes   int64             `json:"total_bytes"`
 	Metadata     map[string]string `json:"metadata,omitempty"`
 	Adapter      map[string]any    `json:"adapter,omitempty"`
+	Modelfile    *inspectModelfile `json:"modelfile,omitempty"`
 	Tensors      []inspectTensor   `json:"tensors"`
 }
 
+// inspectModelfile is what an ollama Modelfile declares.
+type inspectModelfile struct {
+	From       string            `json:"from"`
+	FromKind   string            `json:"from_kind,omitempty"` // gguf model, gguf-lora, missing, ...
+	Adapter    string            `json:"adapter,omitempty"`
+	AdapterOK  string            `json:"adapter_kind,omitempty"`
+	Family     string            `json:"template_family,omitempty"`
+	Template   string            `json:"template,omitempty"`
+	System     string            `json:"system,omitempty"`
+	Stop       []string          `json:"stop,omitempty"`
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
 func inspectRun(opts *InspectOptions) error {
+	if err := resolveModelArgs(context.Background(), opts.IO, &opts.Path); err != nil {
+		return err
+	}
 	rep, err := inspectPath(opts.Path)
 	if err != nil {
 		return err
@@ -90,15 +110,18 @@ func inspectRun(opts *InspectOptions) error {
 	case rep.Architecture != "":
 		fmt.Fprintf(w, "architecture: %s\n", rep.Architecture)
 	}
+	if rep.Modelfile != nil {
+		return printModelfile(w, rep)
+	}
 	if rep.Adapter != nil {
-		for _, k := range []string{"peft_type", "base_model_name_or_path", "r", "lora_alpha", "target_modules"} {
+		for _, k := range []string{"peft_type", "adapter.type", "base_model_name_or_path", "r", "ranks", "lora_alpha", "pairs", "target_modules", "targets"} {
 			if v, ok := rep.Adapter[k]; ok {
 				fmt.Fprintf(w, "%-14s%v\n", k+":", v)
 			}
 		}
 	}
 	fmt.Fprintf(w, "files:        %s\n", strings.Join(rep.Files, ", "))
-	if rep.Kind == "gguf" {
+	if rep.Kind == "gguf" || rep.Kind == "gguf-lora" {
 		keys := make([]string, 0, len(rep.Metadata))
 		for k := range rep.Metadata {
 			keys = append(keys, k)
@@ -137,6 +160,12 @@ func inspectPath(path string) (*inspectReport, error) {
 	}
 	if !st.IsDir() && strings.EqualFold(filepath.Ext(path), ".gguf") {
 		return inspectGGUF(path)
+	}
+	if isModelfile(path, st) {
+		if st.IsDir() {
+			path = filepath.Join(path, "Modelfile")
+		}
+		return inspectModelfilePath(path)
 	}
 	rep := &inspectReport{Path: path, Kind: "safetensors", DTypes: map[string]int64{}}
 	weights := path
@@ -217,7 +246,187 @@ func inspectGGUF(path string) (*inspectReport, error) {
 	if rep.Tensors == nil {
 		rep.Tensors = []inspectTensor{}
 	}
+	if t, _ := f.Value("general.type"); t == "adapter" {
+		rep.Kind = "gguf-lora"
+		rep.Adapter = ggufLoRASummary(f)
+	}
 	return rep, nil
+}
+
+// ggufLoRASummary describes a llama.cpp LoRA adapter file: its alpha, the
+// lora_a/lora_b pairs, their ranks and the base tensors they adapt.
+func ggufLoRASummary(f *gguf.File) map[string]any {
+	out := map[string]any{}
+	if v, ok := f.Value("adapter.type"); ok {
+		out["adapter.type"] = v
+	}
+	if v, ok := f.Value("adapter.lora.alpha"); ok {
+		if a, ok := v.(float32); ok {
+			out["lora_alpha"] = float64(a)
+		}
+	}
+	pairs, unpaired := 0, 0
+	ranks := map[int]bool{}
+	targets := map[string]int{}
+	for _, t := range f.Tensors {
+		base, ok := strings.CutSuffix(t.Name, ".lora_a")
+		if !ok {
+			continue
+		}
+		b, ok := f.Tensor(base + ".lora_b")
+		if !ok {
+			unpaired++
+			continue
+		}
+		pairs++
+		if len(b.Shape) == 2 {
+			ranks[b.Shape[1]] = true
+		}
+		parts := strings.Split(base, ".")
+		if len(parts) >= 3 && parts[0] == "blk" {
+			targets[parts[2]]++
+		} else {
+			targets[parts[0]]++
+		}
+	}
+	out["pairs"] = pairs
+	if unpaired > 0 {
+		out["unpaired_lora_a"] = unpaired
+	}
+	var rs []int
+	for r := range ranks {
+		rs = append(rs, r)
+	}
+	sort.Ints(rs)
+	out["ranks"] = rs
+	var ts []string
+	for name, n := range targets {
+		ts = append(ts, fmt.Sprintf("%s x%d", name, n))
+	}
+	sort.Strings(ts)
+	out["targets"] = ts
+	return out
+}
+
+// isModelfile: a file named Modelfile (or *.modelfile), or a folder holding
+// one and no model or adapter (what tune export ollama writes).
+func isModelfile(path string, st os.FileInfo) bool {
+	if !st.IsDir() {
+		base := filepath.Base(path)
+		return base == "Modelfile" || strings.EqualFold(filepath.Ext(base), ".modelfile")
+	}
+	for _, f := range []string{"config.json", "adapter_config.json"} {
+		if _, err := os.Stat(filepath.Join(path, f)); err == nil {
+			return false
+		}
+	}
+	_, err := os.Stat(filepath.Join(path, "Modelfile"))
+	return err == nil
+}
+
+func inspectModelfilePath(path string) (*inspectReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	cmds, err := export.ParseModelfile(b)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: %s: %v", path, err)
+	}
+	mf := &inspectModelfile{Parameters: map[string]string{}}
+	for _, c := range cmds {
+		switch c.Name {
+		case "FROM":
+			mf.From = c.Args
+		case "ADAPTER":
+			mf.Adapter = c.Args
+		case "TEMPLATE":
+			mf.Template = c.Args
+		case "SYSTEM":
+			mf.System = c.Args
+		case "PARAMETER":
+			k, v, _ := strings.Cut(c.Args, " ")
+			if k == "stop" {
+				mf.Stop = append(mf.Stop, v)
+			} else {
+				mf.Parameters[k] = v
+			}
+		}
+	}
+	if mf.From == "" {
+		return nil, fmt.Errorf("inspect: %s: no FROM instruction", path)
+	}
+	resolve := func(p string) string {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(filepath.Dir(path), p)
+		}
+		st, err := os.Stat(p)
+		switch {
+		case err != nil:
+			return "not a local file (an ollama model name, or missing)"
+		case st.IsDir():
+			return "folder"
+		case !strings.EqualFold(filepath.Ext(p), ".gguf"):
+			return "file"
+		}
+		f, err := gguf.Open(p)
+		if err != nil {
+			return "unreadable gguf: " + err.Error()
+		}
+		defer f.Close()
+		if t, _ := f.Value("general.type"); t == "adapter" {
+			return "gguf-lora"
+		}
+		return "gguf model"
+	}
+	mf.FromKind = resolve(mf.From)
+	if mf.Adapter != "" {
+		mf.AdapterOK = resolve(mf.Adapter)
+	}
+	if mf.Template != "" {
+		if fam, err := export.DetectFamily(mf.Template); err == nil {
+			mf.Family = fam.Name
+		}
+	}
+	if len(mf.Parameters) == 0 {
+		mf.Parameters = nil
+	}
+	return &inspectReport{Path: path, Kind: "modelfile", Files: []string{filepath.Base(path)}, DTypes: map[string]int64{},
+		Modelfile: mf, Tensors: []inspectTensor{}}, nil
+}
+
+func printModelfile(w io.Writer, rep *inspectReport) error {
+	mf := rep.Modelfile
+	fmt.Fprintf(w, "from:         %s (%s)\n", mf.From, mf.FromKind)
+	if mf.Adapter != "" {
+		fmt.Fprintf(w, "adapter:      %s (%s)\n", mf.Adapter, mf.AdapterOK)
+	}
+	if mf.Template != "" {
+		fam := mf.Family
+		if fam == "" {
+			fam = "unrecognized family"
+		}
+		fmt.Fprintf(w, "template:     %d bytes (%s)\n", len(mf.Template), fam)
+	}
+	if len(mf.Stop) > 0 {
+		q := make([]string, len(mf.Stop))
+		for i, s := range mf.Stop {
+			q[i] = strconv.Quote(s)
+		}
+		fmt.Fprintf(w, "stop:         %s\n", strings.Join(q, ", "))
+	}
+	keys := make([]string, 0, len(mf.Parameters))
+	for k := range mf.Parameters {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "parameter:    %s %s\n", k, mf.Parameters[k])
+	}
+	if mf.System != "" {
+		fmt.Fprintf(w, "system:       %s\n", strconv.Quote(mf.System))
+	}
+	return nil
 }
 
 func ggufValueString(v any) string {

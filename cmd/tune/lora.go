@@ -41,6 +41,10 @@ validation), checkpoints/step-N/ (every train.save_every steps, and on Ctrl-C), 
 final PEFT adapter in adapter/. An interrupted run continues with --resume, and ends
 bit-identical to one that was never interrupted.
 
+A recipe that also has merge:, quantize: or validate: keys runs the whole pipeline
+after training, as tune run does: merged/, each quantized output, validation.json
+beside every artifact, gates, manifest.json and report.html (see tune run --help).
+
 Recipe keys (relative paths are relative to the recipe's folder):
 
 ` + indent(recipes.Explain(), "  "),
@@ -92,48 +96,82 @@ func loraRun(opts *LoRAOptions) error {
 	if err != nil {
 		return err
 	}
+	if r.Pipeline() && !opts.DryRun {
+		// merge:, quantize: or validate: in the recipe: the whole pipeline.
+		return pipelineRun(&RunOptions{IO: opts.IO, Recipe: opts.Recipe, Set: opts.Set, Resume: opts.Resume, Force: opts.Force, JSON: opts.JSON}, r, "lora")
+	}
+	res, err := trainRecipe(context.Background(), opts.IO, r, trainFlags{recipe: opts.Recipe, set: opts.Set, resume: opts.Resume,
+		force: opts.Force, dryRun: opts.DryRun, json: opts.JSON, command: "lora"})
+	if err != nil || res == nil {
+		return err
+	}
+	if opts.JSON {
+		return json.NewEncoder(opts.IO.Out).Encode(res)
+	}
+	fmt.Fprintf(opts.IO.Out, "trained %d steps: final loss %.4f", res.Steps, res.Loss)
+	if res.Eval != nil {
+		fmt.Fprintf(opts.IO.Out, ", validation loss %.4f (ppl %.3f)", res.Eval.EvalLoss, res.Eval.EvalPPL)
+	}
+	fmt.Fprintf(opts.IO.Out, "\nadapter: %s\n", res.AdapterDir)
+	return nil
+}
+
+// trainFlags are the command-line choices trainRecipe needs.
+type trainFlags struct {
+	recipe                      string
+	set                         []string
+	resume, force, dryRun, json bool
+	command                     string // lora or run, for the resume hint
+}
+
+// trainRecipe prepares and runs the training of r with progress on stderr.
+// A dry run prints the plan and returns a nil result.
+func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl trainFlags) (*train.Result, error) {
+	if err := resolveRecipe(parent, io, r); err != nil {
+		return nil, err
+	}
 	var bar *progressbar.ProgressBar
 	dataProgress := func(done, total int64) {}
-	if opts.IO.ErrTTY && !opts.JSON {
+	if io.ErrTTY && !fl.json {
 		dataProgress = func(done, total int64) {
 			if bar == nil {
-				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(opts.IO.ErrOut),
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(io.ErrOut),
 					progressbar.OptionSetDescription("tokenizing"), progressbar.OptionShowCount(),
 					progressbar.OptionThrottle(100_000_000), progressbar.OptionClearOnFinish())
 			}
 			bar.Set64(done)
 		}
 	}
-	job, err := recipes.Setup(r, recipes.SetupOptions{DataProgress: dataProgress, DryRun: opts.DryRun})
+	job, err := recipes.Setup(r, recipes.SetupOptions{DataProgress: dataProgress, DryRun: fl.dryRun})
 	if bar != nil {
 		bar.Finish()
 		bar = nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer job.Close()
 	plan := job.Plan()
-	if opts.DryRun {
-		if opts.JSON {
-			return json.NewEncoder(opts.IO.Out).Encode(plan)
+	if fl.dryRun {
+		if fl.json {
+			return nil, json.NewEncoder(io.Out).Encode(plan)
 		}
-		fmt.Fprintf(opts.IO.Out, "# resolved recipe %s\n%s\n", opts.Recipe, r.YAML())
-		printPlan(opts.IO, plan)
-		return nil
+		fmt.Fprintf(io.Out, "# resolved recipe %s\n%s\n", fl.recipe, r.YAML())
+		printPlan(io, plan)
+		return nil, nil
 	}
-	if !opts.JSON {
-		printPlan(opts.IO, plan)
+	if !fl.json {
+		printPlan(io, plan)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal the default action returns: a second Ctrl-C
 	// ends the process at once (checkpoints are atomic, so that is safe).
 	context.AfterFunc(ctx, stop)
-	if opts.IO.ErrTTY && !opts.JSON {
+	if io.ErrTTY && !fl.json {
 		bar = progressbar.NewOptions(plan.TotalSteps,
-			progressbar.OptionSetWriter(opts.IO.ErrOut),
+			progressbar.OptionSetWriter(io.ErrOut),
 			progressbar.OptionSetDescription("training"),
 			progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true),
@@ -146,46 +184,45 @@ func loraRun(opts *LoRAOptions) error {
 		case e.Train != nil && bar != nil:
 			bar.Describe(fmt.Sprintf("step %d/%d loss %.4f lr %.2e %.0f tok/s", e.Step, e.TotalSteps, e.Train.Loss, e.Train.LR, e.Train.TokensPerS))
 			bar.Set(e.Step)
-		case e.Eval != nil && !opts.JSON:
+		case e.Eval != nil && !fl.json:
 			if bar != nil {
 				bar.Clear()
 			}
-			fmt.Fprintf(opts.IO.ErrOut, "step %d: validation loss %.4f (ppl %.3f, %d tokens)\n", e.Eval.Step, e.Eval.EvalLoss, e.Eval.EvalPPL, e.Eval.EvalTokens)
-		case e.Train != nil && !opts.JSON && !opts.IO.ErrTTY && (e.Step == 1 || e.Step%10 == 0 || e.Step == e.TotalSteps):
-			fmt.Fprintf(opts.IO.ErrOut, "step %d/%d: loss %.4f, grad norm %.3f, lr %.3g, %.0f tok/s\n",
+			fmt.Fprintf(io.ErrOut, "step %d: validation loss %.4f (ppl %.3f, %d tokens)\n", e.Eval.Step, e.Eval.EvalLoss, e.Eval.EvalPPL, e.Eval.EvalTokens)
+		case e.Train != nil && !fl.json && !io.ErrTTY && (e.Step == 1 || e.Step%10 == 0 || e.Step == e.TotalSteps):
+			fmt.Fprintf(io.ErrOut, "step %d/%d: loss %.4f, grad norm %.3f, lr %.3g, %.0f tok/s\n",
 				e.Step, e.TotalSteps, e.Train.Loss, e.Train.GradNorm, e.Train.LR, e.Train.TokensPerS)
 		}
 	}
-	res, err := job.Train(ctx, recipes.TrainOptions{Resume: opts.Resume, Force: opts.Force, Progress: progress,
+	res, err := job.Train(ctx, recipes.TrainOptions{Resume: fl.resume, Force: fl.force, Progress: progress,
 		Log: func(format string, args ...any) {
 			if bar != nil {
 				bar.Clear()
 			}
-			if !opts.JSON {
-				fmt.Fprintf(opts.IO.ErrOut, format+"\n", args...)
+			if !fl.json {
+				fmt.Fprintf(io.ErrOut, format+"\n", args...)
 			}
 		}})
 	if bar != nil {
 		bar.Finish()
-		fmt.Fprintln(opts.IO.ErrOut)
+		fmt.Fprintln(io.ErrOut)
 	}
 	if err != nil {
 		var ie *train.InterruptedError
 		if errors.As(err, &ie) {
-			return fmt.Errorf("interrupted after step %d of %d; checkpoint saved to %s\nresume with: tune lora --recipe %s%s --resume",
-				ie.Step, plan.TotalSteps, ie.Checkpoint, opts.Recipe, setFlags(opts.Set))
+			return nil, fmt.Errorf("interrupted after step %d of %d; checkpoint saved to %s\nresume with: tune %s %s%s --resume",
+				ie.Step, plan.TotalSteps, ie.Checkpoint, fl.command, recipeArg(fl), setFlags(fl.set))
 		}
-		return err
+		return nil, err
 	}
-	if opts.JSON {
-		return json.NewEncoder(opts.IO.Out).Encode(res)
+	return res, nil
+}
+
+func recipeArg(fl trainFlags) string {
+	if fl.command == "run" {
+		return fl.recipe
 	}
-	fmt.Fprintf(opts.IO.Out, "trained %d steps: final loss %.4f", res.Steps, res.Loss)
-	if res.Eval != nil {
-		fmt.Fprintf(opts.IO.Out, ", validation loss %.4f (ppl %.3f)", res.Eval.EvalLoss, res.Eval.EvalPPL)
-	}
-	fmt.Fprintf(opts.IO.Out, "\nadapter: %s\n", res.AdapterDir)
-	return nil
+	return "--recipe " + fl.recipe
 }
 
 func setFlags(sets []string) string {

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/export"
 	"github.com/tunellm/tune/lora"
 	"github.com/tunellm/tune/model"
 )
@@ -61,17 +65,66 @@ tune lora or from PEFT. --dtype picks the output dtype (default: the base's).`,
 }
 
 func mergeRun(opts *MergeOptions) error {
-	mc, err := model.LoadConfig(opts.Base)
+	// Hub ids become their cached snapshot folders; the card keeps the id.
+	baseDir, adapterDir := opts.Base, opts.Adapter
+	if err := resolveModelArgs(context.Background(), opts.IO, &baseDir, &adapterDir); err != nil {
+		return err
+	}
+	mc, err := model.LoadConfig(baseDir)
 	if err != nil {
 		return err
 	}
-	a, err := lora.Load(opts.Adapter, mc)
+	a, err := lora.Load(adapterDir, mc)
 	if err != nil {
 		return err
 	}
-	if err := lora.MergeWith(opts.Base, opts.Out, a, lora.MergeOptions{DType: opts.DType, Force: opts.Force}); err != nil {
+	if err := lora.MergeWith(baseDir, opts.Out, a, lora.MergeOptions{DType: opts.DType, Force: opts.Force}); err != nil {
+		return err
+	}
+	// The merged folder's chat template must render what training rendered.
+	if err := export.CheckFolderParity(baseDir, opts.Out); err != nil {
+		return err
+	}
+	if err := export.WriteModelCard(opts.Out, mergeCard(opts, baseDir, a.Config())); err != nil {
 		return err
 	}
 	fmt.Fprintf(opts.IO.Out, "merged %s into %s: %s\n", opts.Adapter, opts.Base, opts.Out)
 	return nil
+}
+
+// mergeCard is the model card of a merged folder: the base, the adapter's
+// LoRA settings, how to load and serve it, the base's licence.
+func mergeCard(opts *MergeOptions, baseDir string, c lora.Config) export.Card {
+	base := c.BaseModel
+	if base == "" {
+		base = opts.Base
+	}
+	license, link := export.BaseLicense(baseDir)
+	targets := strings.Join(c.TargetModules, ", ")
+	if targets == "" {
+		targets = "q_proj, v_proj (PEFT's default)"
+	}
+	params := [][2]string{{"r", fmt.Sprint(c.R)}, {"lora_alpha", fmt.Sprint(c.Alpha)}, {"target_modules", targets},
+		{"use_rslora", fmt.Sprint(c.UseRSLoRA)}, {"use_dora", fmt.Sprint(c.UseDoRA)}}
+	if c.LayersToTransform != nil {
+		params = append(params, [2]string{"layers_to_transform", fmt.Sprint(c.LayersToTransform)})
+	}
+	dtype := opts.DType
+	if dtype == "" {
+		dtype = "the base's"
+	}
+	params = append(params, [2]string{"merged dtype", dtype})
+	cmd := fmt.Sprintf("tune merge --base %s --adapter %s --out %s", opts.Base, opts.Adapter, opts.Out)
+	if opts.DType != "" {
+		cmd += " --dtype " + opts.DType
+	}
+	return export.Card{
+		Title:     filepath.Base(filepath.Clean(opts.Out)),
+		Kind:      "model",
+		BaseModel: base, License: license, LicenseLink: link,
+		Description: fmt.Sprintf("The base model with the LoRA adapter `%s` merged into its weights (W' = W + scaling·B·A, PEFT's merge_and_unload): a complete model folder that runs without the adapter.",
+			opts.Adapter),
+		Params:  params,
+		Command: cmd,
+	}
 }

@@ -74,6 +74,9 @@ quantizes to GGUF for llama.cpp and ollama (tune quantize) and measures every re
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &FlagError{Err: err}
 	})
+	root.AddCommand(newCmdDownload(f, nil))
+	root.AddCommand(newCmdExport(f))
+	root.AddCommand(newCmdImatrix(f, nil))
 	root.AddCommand(
 		newCmdVersion(f),
 		newCmdInspect(f, nil),
@@ -83,6 +86,7 @@ quantizes to GGUF for llama.cpp and ollama (tune quantize) and measures every re
 		newCmdData(f),
 		newCmdLoRA(f, nil), newCmdMerge(f, nil),
 		newCmdQuantize(f, nil),
+		newCmdRun(f, nil),
 	)
 	return root
 }

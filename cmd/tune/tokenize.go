@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -65,6 +66,9 @@ enable_thinking=False to templates that support it (Qwen3).`,
 }
 
 func tokenizeRun(opts *TokenizeOptions) error {
+	if err := resolveModelArgs(context.Background(), opts.IO, &opts.ModelDir); err != nil {
+		return err
+	}
 	tok, err := loadTokenizer(opts.ModelDir)
 	if err != nil {
 		return err

@@ -34,6 +34,10 @@ func (e *embeddingTask) run(_ *worker, chunk int) {
 	C, es := e.table.Cols, e.table.DType.Size()
 	for t := chunk * e.rows; t < min((chunk+1)*e.rows, len(e.tokens)); t++ {
 		id := e.tokens[t]
+		if e.table.DType.Quantized() {
+			dequantRow(e.out[t*C:(t+1)*C], e.table, id, 0)
+			continue
+		}
 		convertRow(e.out[t*C:(t+1)*C], e.table.Data[id*C*es:(id+1)*C*es], e.table.DType)
 	}
 }

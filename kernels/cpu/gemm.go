@@ -47,6 +47,10 @@ func (g *gemmB) pack(wk *worker, dst []float32, k0, kc, n0, nv, np int) {
 	pb := kc * nr
 	switch g.kind {
 	case bWeightT:
+		if g.w.DType.Quantized() {
+			packQuantT(wk, g.w, dst, k0, kc, n0, nv)
+			break
+		}
 		es := g.w.DType.Size()
 		C := g.w.Cols
 		row := grow(&wk.row, kc)
@@ -68,6 +72,9 @@ func (g *gemmB) pack(wk *worker, dst []float32, k0, kc, n0, nv, np int) {
 			scatterCol(dst[(n/nr)*pb+n%nr:], row)
 		}
 	case bWeight:
+		if g.w.DType.Quantized() {
+			panic("cpu: matmul_back: din through a quantized weight (" + g.w.DType.String() + ") is not supported")
+		}
 		es := g.w.DType.Size()
 		C := g.w.Cols
 		for p := 0; p*nr < nv; p++ {

@@ -47,6 +47,12 @@ func (m *matmulTask) run(wk *worker, chunk int) {
 		// it straight, in the same fma chains as gemm, without packing.
 		g0 += gemvBF16(m.out[t0*OC+n0:t0*OC+n1], m.in[t0*C:(t0+1)*C], m.b.w.Data[n0*C*2:n1*C*2], n1-n0, C)
 	}
+	if t1-t0 == 1 && m.b.w.DType.Quantized() {
+		// The same for block-quantized weights (qmatmul.go), in another
+		// summation order.
+		gemvQuant(wk, m.out[t0*OC+n0:t0*OC+n1], m.in[t0*C:(t0+1)*C], m.b.w, n0)
+		g0 = n1
+	}
 	gemm(wk, m.out[t0*OC:], OC, m.in[t0*C:], C, t1-t0, C, &m.b, g0, n1, false)
 	if m.bias != nil {
 		bias := m.bias[n0:n1]
@@ -84,6 +90,9 @@ type matmulBackTask struct {
 // dw runs over a transposed copy of dout (scratch [OC, T]).
 func (b *Backend) MatMulBackward(din, dw, dbias, dout, in []float32, w kernels.Weight, T int) {
 	checkWeight("matmul_back", w)
+	if din != nil && w.DType.Quantized() {
+		panic("cpu: matmul_back: din through a quantized weight (" + w.DType.String() + ") is not supported; quantized models are for evaluation")
+	}
 	OC, C := w.Rows, w.Cols
 	need("matmul_back", "dout", len(dout), T*OC)
 	if din != nil {
