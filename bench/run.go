@@ -48,6 +48,7 @@ func main() {
 	var rows []row
 	rows = append(rows, tokenizerBench(tmp)...)
 	rows = append(rows, forwardBench(tmp)...)
+	rows = append(rows, quantBench(tmp)...)
 	rows = append(rows, loraBench(tmp)...)
 	if *dataSz != "0" {
 		rows = append(rows, dataBench(tmp)...)
@@ -88,6 +89,10 @@ How each number is taken:
   llama.cpp: bench/llamacpp/bench.mjs (pp512 and single-token steps at context 64..192, F16 KV cache), the
   same weights in F32. Medians of the repetitions.
 - Peak RSS: getrusage max RSS of the tune generate run, against the BF16 weight bytes it maps.
+- Quantization: ` + "`tune quantize --json`" + ` on the BF16 bench-qwen3-small folder (input MB/s; peak RSS of the process, which
+  includes the pages of the memory-mapped input it has read). llama-quantize itself is not available here (node-llama-cpp
+  ships no tools), so these are absolute numbers. Quantized inference: ` + "`tune generate --stats`" + ` on the Q8_0 and
+  Q4_K_M GGUF files tune wrote, against llama.cpp's bench.mjs on the very same files (pp512 and generation).
 - LoRA step: tune's BenchmarkTrainStep512 (model/backward_test.go: forward + backward of one 512-token
   packed sequence, rank-16 adapter on every linear module, BF16 base weights; peak RSS of that benchmark
   process, which holds the model in memory) against testdata/gen/lora_bench.py (PyTorch eager CPU, forward +
@@ -170,6 +175,69 @@ func forwardBench(tmp string) []row {
 		{name: "generation, bench-qwen3-small", unit: "tok/s", anchorName: "llama.cpp (F32 GGUF)", tune: median(tg), anchor: median(lltg)},
 		{name: "peak RSS running bench-qwen3-small (BF16)", unit: "MB", anchorName: "its BF16 weight files", tune: float64(rss) / 1e6, anchor: float64(weights) / 1e6},
 	}
+}
+
+// quantBench quantizes bench-qwen3-small (written by forwardBench) to GGUF
+// Q8_0 and Q4_K_M and to INT4 safetensors, then runs the GGUF files in tune
+// and in llama.cpp.
+func quantBench(tmp string) []row {
+	dir := filepath.Join(tmp, "bench-qwen3-small")
+	var rows []row
+	for _, q := range []struct {
+		label, out string
+		args       []string
+	}{
+		{"GGUF Q8_0", "q8_0.gguf", []string{"--format", "gguf", "--type", "Q8_0"}},
+		{"GGUF Q4_K_M", "q4_k_m.gguf", []string{"--format", "gguf", "--type", "Q4_K_M"}},
+		{"INT4 g128 safetensors (RTN, GPTQ layout)", "int4", []string{"--format", "safetensors", "--bits", "4"}},
+	} {
+		outPath := filepath.Join(tmp, q.out)
+		cmd := exec.Command("bin/tune", append([]string{"quantize", "--model", dir, "--out", outPath, "--force", "--json"}, q.args...)...)
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			fail("tune quantize %v: %v\n%s", q.args, err, e.String())
+		}
+		secs := time.Since(start).Seconds()
+		rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) * 1024 / 1e6
+		in := float64(dirBytes(dir, ".safetensors")) / 1e6
+		name := "quantize bench-qwen3-small (BF16) to " + q.label
+		rows = append(rows, row{name: name, unit: "MB/s", anchorName: "(absolute; wall time incl. start-up)", tune: in / secs},
+			row{name: name + ", peak RSS", unit: "MB", anchorName: "its BF16 input", tune: rss, anchor: in})
+	}
+	re := regexp.MustCompile(`prompt: (\d+) tokens in [0-9.]+s \(([0-9.]+) tok/s\); generated: (\d+) tokens \(([0-9.]+) tok/s\)`)
+	prompt := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 12)[:512]
+	for _, q := range []struct{ label, file string }{{"Q8_0", "q8_0.gguf"}, {"Q4_K_M", "q4_k_m.gguf"}} {
+		path := filepath.Join(tmp, q.file)
+		var llpp, lltg, pp, tg []float64
+		for i := 0; i < *reps; i++ {
+			o := run("node", "bench/llamacpp/bench.mjs", path, "--threads", strconv.Itoa(*threads), "--reps", "1")
+			var r struct {
+				PP float64 `json:"pp512_tok_s"`
+				TG float64 `json:"tg_tok_s"`
+			}
+			check(json.Unmarshal([]byte(lastLine(o)), &r))
+			llpp, lltg = append(llpp, r.PP), append(lltg, r.TG)
+			cmd := exec.Command("bin/tune", "generate", "--model", path, "--prompt", prompt, "--temperature", "0", "--max-tokens", "64", "--ignore-eos", "--stats")
+			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			check(cmd.Run())
+			m := re.FindStringSubmatch(stderr.String())
+			if m == nil {
+				fail("tune generate --stats on %s printed %q", path, stderr.String())
+			}
+			v, _ := strconv.ParseFloat(m[2], 64)
+			w, _ := strconv.ParseFloat(m[4], 64)
+			pp, tg = append(pp, v), append(tg, w)
+		}
+		rows = append(rows,
+			row{name: "prompt processing, 512 tokens, bench-qwen3-small " + q.label + " GGUF", unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(pp), anchor: median(llpp)},
+			row{name: "generation, bench-qwen3-small " + q.label + " GGUF", unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(tg), anchor: median(lltg)})
+	}
+	return rows
 }
 
 // loraBench: one LoRA training step (r=16 on all 7 linear modules, 512 tokens,
