@@ -2,14 +2,17 @@ package train
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"iter"
 	"math"
 	"path/filepath"
 	"time"
 
 	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/dist"
 )
 
 // Model computes the loss of one packed sequence and its gradients
@@ -147,7 +150,15 @@ type Trainer struct {
 	Progress func(Event)
 	// Log receives one-line notes (resuming, checkpoints); nil is silent.
 	Log func(format string, args ...any)
+	// Comm makes this process one rank of a data-parallel run; nil takes
+	// dist.World() (the launcher's group, nil for a single process). Every
+	// rank computes its share of each step's sequences, the gradients are
+	// summed across ranks, and every rank takes the same optimizer step;
+	// rank 0 alone writes the run folder. Progress and Log are called on
+	// rank 0 only.
+	Comm dist.Comm
 
+	comm     dist.Comm // resolved; nil for a single process
 	opt      *AdamW
 	pos      position
 	total    int
@@ -164,7 +175,7 @@ type position struct {
 }
 
 func (t *Trainer) logf(format string, args ...any) {
-	if t.Log != nil {
+	if t.Log != nil && t.rank() == 0 {
 		t.Log(format, args...)
 	}
 }
@@ -191,44 +202,48 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	t.total = total
 	_ = perEpoch
 
-	if err := prepareDir(c.Dir, c.Resume, c.Force); err != nil {
-		return nil, err
-	}
-	if c.RecipeYAML != "" {
-		if err := writeSynced(filepath.Join(c.Dir, "recipe.yaml"), []byte(c.RecipeYAML)); err != nil {
-			return nil, fmt.Errorf("train: %w", err)
-		}
-	}
 	params, grads := t.Params.Slabs()
 	n := 0
 	for _, p := range params {
 		n += len(p)
 	}
+	t.comm = t.Comm
+	if t.comm == nil {
+		w, err := dist.World()
+		if err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		t.comm = w
+	}
+	if t.comm != nil && t.comm.Size() == 1 {
+		t.comm = nil
+	}
+	if t.comm != nil {
+		if err := t.checkGroup(nSeq, n); err != nil {
+			return nil, err
+		}
+	}
 	t.opt = NewAdamW(n, c.AdamW)
 	res := &Result{TotalSteps: total}
-	if c.Resume {
-		ck, err := latestCheckpoint(c.Dir)
-		if err != nil {
+	if t.rank() == 0 {
+		err := t.setup(res, params)
+		if t.comm == nil && err != nil {
 			return nil, err
 		}
-		st, err := loadCheckpoint(ck, params, t.opt)
-		if err != nil {
+		if err := t.shareErr("start-up", err); err != nil {
 			return nil, err
 		}
-		if err := st.compatible(c); err != nil {
-			return nil, fmt.Errorf("train: resume from %s: %w", ck, err)
-		}
-		t.pos = st.Position
-		t.lastCkpt = ck
-		res.ResumedFrom = st.Position.Step
-		t.logf("resuming from %s (step %d of %d)", ck, st.Position.Step, total)
-	}
-	var err error
-	t.metrics, err = openMetrics(c.Dir, t.pos.Step)
-	if err != nil {
+	} else if err := t.shareErr("start-up", nil); err != nil {
 		return nil, err
 	}
-	defer t.metrics.Close()
+	if t.comm != nil {
+		if err := t.shareState(res, params); err != nil {
+			return nil, err
+		}
+	}
+	if t.metrics != nil {
+		defer t.metrics.Close()
+	}
 
 	stream := newStream(t.Data, c.BatchSize, t.pos)
 	defer stream.stop()
@@ -241,7 +256,15 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	}
 	dropout, _ := t.Params.(DropoutStepper)
 	for t.pos.Step < total {
-		if ctx.Err() != nil {
+		stop := ctx.Err() != nil
+		if t.comm != nil {
+			// The ranks stop together, at a step boundary.
+			var err error
+			if stop, err = t.anyRank(stop); err != nil {
+				return nil, err
+			}
+		}
+		if stop {
 			return nil, t.interrupt()
 		}
 		start := time.Now()
@@ -259,6 +282,12 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		scale := float32(1 / float64(nTok))
 		t.Params.ZeroGrads()
 		var lossSum float64
+		if t.comm != nil {
+			if lossSum, err = t.stepShare(rows, scale, dropout, grads); err != nil {
+				return nil, err
+			}
+			rows = nil // done
+		}
 		for i, r := range rows {
 			if ctx.Err() != nil {
 				// The step is incomplete: checkpoint the state before it.
@@ -295,7 +324,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		t.pos.Step = step
 		sm := &StepMetrics{Step: step, Epoch: next.Epoch, Loss: loss, GradNorm: norm, LR: lr, Tokens: nTok,
 			TokensPerS: float64(nTok) / max(time.Since(start).Seconds(), 1e-9)}
-		if err := t.metrics.write(sm); err != nil {
+		if err := t.writeMetrics(sm); err != nil {
 			return nil, err
 		}
 		res.Steps, res.Loss = step, loss
@@ -322,8 +351,16 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	if em != nil {
 		res.Eval = em
 	}
-	dir, err := saveArtifact(t.Params, c.Dir, c.artifact(), c.DType)
-	if err != nil {
+	dir := filepath.Join(c.Dir, c.artifact())
+	if t.rank() == 0 {
+		dir, err = saveArtifact(t.Params, c.Dir, c.artifact(), c.DType)
+		if t.comm == nil && err != nil {
+			return nil, err
+		}
+		if err := t.shareErr("saving the "+c.artifact(), err); err != nil {
+			return nil, err
+		}
+	} else if err := t.shareErr("saving the "+c.artifact(), nil); err != nil {
 		return nil, err
 	}
 	res.AdapterDir = dir
@@ -332,7 +369,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 }
 
 func (t *Trainer) progress(e Event) {
-	if t.Progress != nil {
+	if t.Progress != nil && t.rank() == 0 {
 		e.Step, e.TotalSteps = t.pos.Step, t.total
 		t.Progress(e)
 	}
@@ -357,6 +394,10 @@ func (t *Trainer) checkpoint() error {
 	if t.lastCkpt != "" && t.lastCkpt == checkpointDir(t.Cfg.Dir, t.pos.Step) {
 		return nil // this step is saved already
 	}
+	if t.rank() != 0 {
+		t.lastCkpt = checkpointDir(t.Cfg.Dir, t.pos.Step) // rank 0 writes it
+		return nil
+	}
 	params, _ := t.Params.Slabs()
 	st := &checkpointState{Position: t.pos, OptimizerStep: t.opt.Step, SchedulerStep: t.pos.Step,
 		Seed: t.Cfg.Seed, TotalSteps: t.total, BatchSize: t.Cfg.BatchSize, GradAccum: t.Cfg.GradAccum}
@@ -376,6 +417,9 @@ func (t *Trainer) evaluate() (*EvalMetrics, error) {
 	if t.Data.Sequences(data.SplitValidation) == 0 {
 		return nil, nil
 	}
+	if t.comm != nil {
+		return t.evaluateShare()
+	}
 	var sum float64
 	var n int
 	for b := range t.Data.Batches(data.SplitValidation, 0, t.Cfg.BatchSize) {
@@ -394,10 +438,14 @@ func (t *Trainer) evaluate() (*EvalMetrics, error) {
 	if n == 0 {
 		return nil, nil
 	}
+	return t.evalMetrics(sum, n)
+}
+
+func (t *Trainer) evalMetrics(sum float64, n int) (*EvalMetrics, error) {
 	loss := sum / float64(n)
 	// exp overflows past ~709 nats, and JSON has no Inf.
 	em := &EvalMetrics{Step: t.pos.Step, EvalLoss: loss, EvalPPL: math.Exp(min(loss, 700)), EvalTokens: n}
-	if err := t.metrics.write(em); err != nil {
+	if err := t.writeMetrics(em); err != nil {
 		return nil, err
 	}
 	t.progress(Event{Eval: em})
@@ -530,4 +578,279 @@ func (s *stream) step(gradAccum int) ([]row, position, error) {
 		rows = append(rows, splitRows(b)...)
 	}
 	return rows, s.cur, nil
+}
+
+// rank is this process's rank, 0 for a single process.
+func (t *Trainer) rank() int {
+	if t.comm == nil {
+		return 0
+	}
+	return t.comm.Rank()
+}
+
+// setup prepares the run folder, restores a checkpoint when resuming and
+// opens the metrics: rank 0's part of the start (the others receive the
+// state from it).
+func (t *Trainer) setup(res *Result, params [][]float32) error {
+	c := t.Cfg
+	if err := prepareDir(c.Dir, c.Resume, c.Force); err != nil {
+		return err
+	}
+	if c.RecipeYAML != "" {
+		if err := writeSynced(filepath.Join(c.Dir, "recipe.yaml"), []byte(c.RecipeYAML)); err != nil {
+			return fmt.Errorf("train: %w", err)
+		}
+	}
+	if c.Resume {
+		ck, err := latestCheckpoint(c.Dir)
+		if err != nil {
+			return err
+		}
+		st, err := loadCheckpoint(ck, params, t.opt)
+		if err != nil {
+			return err
+		}
+		if err := st.compatible(c); err != nil {
+			return fmt.Errorf("train: resume from %s: %w", ck, err)
+		}
+		t.pos = st.Position
+		t.lastCkpt = ck
+		res.ResumedFrom = st.Position.Step
+		t.logf("resuming from %s (step %d of %d)", ck, st.Position.Step, t.total)
+	}
+	m, err := openMetrics(c.Dir, t.pos.Step)
+	if err != nil {
+		return err
+	}
+	t.metrics = m
+	return nil
+}
+
+// The data-parallel run. Each step's sequences (the single process's global
+// batch, in the same order) are dealt round-robin: rank r computes
+// sequences r, r+W, r+2W, ... with the dropout masks of their global index,
+// accumulating its gradients as one process would. The gradient slabs are
+// then summed over ranks (all-reduce; the TCP path adds in rank order, and
+// MPI's sum of two ranks is order-free), the loss of each sequence is
+// gathered exactly (one rank writes each entry, the others add 0) and
+// summed in sequence order, and every rank takes the identical clip and
+// AdamW step. The normalisation is the single process's: every rank knows
+// all the step's trained tokens. The results equal one process's to fp32
+// summation-order rounding of the gradients (bit for bit with one rank, and
+// for a fixed world size run after run); losses and validation numbers of
+// equal weights are bit-identical.
+
+// checkGroup refuses a group whose ranks disagree on the run (a hash of
+// the configuration and recipe, the sequences and the parameter count), or
+// whose size does not divide the global batch.
+func (t *Trainer) checkGroup(nSeq, nParams int) error {
+	W, r := t.comm.Size(), t.comm.Rank()
+	c := t.Cfg
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%#v", c)
+	sum := h.Sum64() >> 12 // 52 bits: exact in a float64 sum with zeros
+	v := make([]float64, 3*W)
+	v[3*r], v[3*r+1], v[3*r+2] = float64(sum), float64(nSeq), float64(nParams)
+	if err := t.comm.AllReduceF64(v); err != nil {
+		return fmt.Errorf("train: exchanging the recipe hash: %w", err)
+	}
+	var bad []string
+	for k := 1; k < W; k++ {
+		switch {
+		case v[3*k] != v[0]:
+			bad = append(bad, fmt.Sprintf("rank %d's recipe or flags differ from rank 0's (hash %013x, rank 0 %013x)", k, uint64(v[3*k]), uint64(v[0])))
+		case v[3*k+1] != v[1]:
+			bad = append(bad, fmt.Sprintf("rank %d has %d training sequences, rank 0 has %d", k, int(v[3*k+1]), int(v[1])))
+		case v[3*k+2] != v[2]:
+			bad = append(bad, fmt.Sprintf("rank %d trains %d parameters, rank 0 %d", k, int(v[3*k+2]), int(v[2])))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("train: the %d ranks do not run the same job: %s; start every rank with the same recipe, --set overrides, data and --resume/--force", W, joinSemi(bad))
+	}
+	if per := c.BatchSize * c.GradAccum; per%W != 0 {
+		var fit []int
+		for k := 1; k <= per; k++ {
+			if per%k == 0 {
+				fit = append(fit, k)
+			}
+		}
+		return fmt.Errorf("train: %d ranks do not divide a step's %d sequences (train.batch_size %d x train.grad_accum %d): run %v ranks, or change batch_size or grad_accum", W, per, c.BatchSize, c.GradAccum, fit)
+	}
+	return nil
+}
+
+func joinSemi(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += "; "
+		}
+		out += x
+	}
+	return out
+}
+
+// shareErr makes rank 0's outcome of a rank-0-only action (start-up,
+// saving) every rank's: rank 0 returns err, the others an error saying that
+// rank 0 failed, or nil.
+func (t *Trainer) shareErr(what string, err error) error {
+	if t.comm == nil {
+		return err
+	}
+	var msg []byte
+	if t.rank() == 0 && err != nil {
+		msg = []byte(err.Error())
+	}
+	msg, cerr := t.broadcastBytes(msg)
+	if cerr != nil {
+		return fmt.Errorf("train: %s: %w", what, cerr)
+	}
+	if t.rank() == 0 {
+		return err
+	}
+	if len(msg) > 0 {
+		return fmt.Errorf("train: rank %d: rank 0 failed at %s: %s", t.rank(), what, msg)
+	}
+	return nil
+}
+
+// broadcastBytes sends rank 0's b (any length) to every rank.
+func (t *Trainer) broadcastBytes(b []byte) ([]byte, error) {
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(b)))
+	if err := t.comm.Broadcast(n[:], 0); err != nil {
+		return nil, err
+	}
+	if t.rank() != 0 {
+		b = make([]byte, binary.LittleEndian.Uint64(n[:]))
+	}
+	if len(b) == 0 {
+		return b, nil
+	}
+	return b, t.comm.Broadcast(b, 0)
+}
+
+// shareState gives every rank rank 0's start: the data position, the
+// optimizer step, the parameters and AdamW moments (so that a resumed run,
+// with any number of ranks, and a fresh one start from identical state).
+func (t *Trainer) shareState(res *Result, params [][]float32) error {
+	var hdr [5 * 8]byte
+	if t.rank() == 0 {
+		for i, v := range []int64{int64(t.pos.Step), int64(t.pos.Epoch), int64(t.pos.Batch), t.opt.Step, int64(res.ResumedFrom)} {
+			binary.LittleEndian.PutUint64(hdr[8*i:], uint64(v))
+		}
+	}
+	if err := t.comm.Broadcast(hdr[:], 0); err != nil {
+		return fmt.Errorf("train: sharing the start state: %w", err)
+	}
+	ck, err := t.broadcastBytes([]byte(t.lastCkpt))
+	if err != nil {
+		return fmt.Errorf("train: sharing the start state: %w", err)
+	}
+	slabs := append(append([][]float32(nil), params...), t.opt.M, t.opt.V)
+	if err := dist.BroadcastF32(t.comm, 0, slabs...); err != nil {
+		return fmt.Errorf("train: sharing the parameters: %w", err)
+	}
+	if t.rank() != 0 {
+		get := func(i int) int64 { return int64(binary.LittleEndian.Uint64(hdr[8*i:])) }
+		t.pos = position{Step: int(get(0)), Epoch: int(get(1)), Batch: int(get(2))}
+		t.opt.Step = get(3)
+		res.ResumedFrom = int(get(4))
+		t.lastCkpt = string(ck)
+	}
+	return nil
+}
+
+// anyRank is true on every rank when flag is true on one.
+func (t *Trainer) anyRank(flag bool) (bool, error) {
+	v := []float64{0}
+	if flag {
+		v[0] = 1
+	}
+	if err := t.comm.AllReduceF64(v); err != nil {
+		return false, fmt.Errorf("train: step %d: %w", t.pos.Step+1, err)
+	}
+	return v[0] > 0, nil
+}
+
+// stepShare computes this rank's sequences of a step and sums gradients
+// and losses over the ranks; it returns the step's loss sum.
+func (t *Trainer) stepShare(rows []row, scale float32, dropout DropoutStepper, grads [][]float32) (float64, error) {
+	W, r := t.comm.Size(), t.comm.Rank()
+	step := t.pos.Step + 1
+	losses := make([]float64, len(rows))
+	for i := r; i < len(rows); i += W {
+		rw := rows[i]
+		if dropout != nil {
+			dropout.SetDropoutStep(uint64(t.pos.Step)<<24 | uint64(i))
+		}
+		ls, n, err := t.Model.Forward(rw.ids, rw.pos, rw.seg, rw.labels)
+		if err != nil {
+			return 0, fmt.Errorf("train: rank %d: step %d: %w", r, step, err)
+		}
+		if n != rw.n {
+			return 0, fmt.Errorf("train: rank %d: step %d: the model scored %d tokens of a sequence, the labels have %d", r, step, n, rw.n)
+		}
+		if err := t.Model.Backward(scale); err != nil {
+			return 0, fmt.Errorf("train: rank %d: step %d: %w", r, step, err)
+		}
+		losses[i] = ls
+	}
+	for _, g := range grads {
+		if err := t.comm.AllReduceF32(g); err != nil {
+			return 0, fmt.Errorf("train: step %d: gradient all-reduce: %w", step, err)
+		}
+	}
+	if err := t.comm.AllReduceF64(losses); err != nil {
+		return 0, fmt.Errorf("train: step %d: loss all-reduce: %w", step, err)
+	}
+	var sum float64
+	for _, ls := range losses {
+		sum += ls
+	}
+	return sum, nil
+}
+
+// evaluateShare is evaluate over the ranks: rank r scores validation
+// sequences r, r+W, ...; the sums run in sequence order as in one process.
+func (t *Trainer) evaluateShare() (*EvalMetrics, error) {
+	var rows []row
+	for b := range t.Data.Batches(data.SplitValidation, 0, t.Cfg.BatchSize) {
+		rows = append(rows, splitRows(b)...)
+	}
+	if err := t.Data.Err(); err != nil {
+		return nil, err
+	}
+	W, r := t.comm.Size(), t.comm.Rank()
+	v := make([]float64, 2*len(rows))
+	for i := r; i < len(rows); i += W {
+		rw := rows[i]
+		ls, k, err := t.Model.Eval(rw.ids, rw.pos, rw.seg, rw.labels)
+		if err != nil {
+			return nil, fmt.Errorf("train: rank %d: validation at step %d: %w", r, t.pos.Step, err)
+		}
+		v[2*i], v[2*i+1] = ls, float64(k)
+	}
+	if err := t.comm.AllReduceF64(v); err != nil {
+		return nil, fmt.Errorf("train: validation at step %d: %w", t.pos.Step, err)
+	}
+	var sum float64
+	var n int
+	for i := range rows {
+		sum += v[2*i]
+		n += int(v[2*i+1])
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	return t.evalMetrics(sum, n)
+}
+
+// writeMetrics appends to metrics.jsonl (rank 0; the others have none).
+func (t *Trainer) writeMetrics(v any) error {
+	if t.metrics == nil {
+		return nil
+	}
+	return t.metrics.write(v)
 }

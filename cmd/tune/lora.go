@@ -29,6 +29,7 @@ type LoRAOptions struct {
 
 func newCmdLoRA(f *Factory, runF func(*LoRAOptions) error) *cobra.Command {
 	opts := &LoRAOptions{IO: f.IO}
+	dopts := &distOptions{}
 	cmd := &cobra.Command{
 		Use:   "lora --recipe FILE [--set key=value ...]",
 		Short: "Fine-tune a LoRA adapter from a YAML recipe",
@@ -51,7 +52,9 @@ Recipe keys (relative paths are relative to the recipe's folder):
 		Example: `  tune lora --recipe recipes/legal.yaml
   tune lora --recipe recipes/legal.yaml --dry-run
   tune lora --recipe recipes/legal.yaml --set train.lr=1e-4 --set lora.r=32
-  tune lora --recipe recipes/legal.yaml --resume`,
+  tune lora --recipe recipes/legal.yaml --resume
+  tune lora --recipe recipes/micro-base.yaml --nproc-per-node 2      # data parallel on one machine
+  mpirun -np 8 tune lora --recipe r.yaml                             # or srun, or torchrun's RANK/WORLD_SIZE`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.Recipe == "" {
@@ -68,7 +71,7 @@ Recipe keys (relative paths are relative to the recipe's folder):
 			if runF != nil {
 				return runF(opts)
 			}
-			return loraRun(opts)
+			return loraDist(opts, dopts, func() error { return loraRun(opts) })
 		},
 	}
 	fl := cmd.Flags()
@@ -78,6 +81,7 @@ Recipe keys (relative paths are relative to the recipe's folder):
 	fl.BoolVar(&opts.Force, "force", false, "start over in an output.dir that holds another run (deletes its checkpoints, metrics and adapter)")
 	fl.BoolVar(&opts.DryRun, "dry-run", false, "print the resolved recipe, token and step counts and a memory estimate; train nothing")
 	fl.BoolVar(&opts.JSON, "json", false, "print the summary (or the dry run) as JSON")
+	dopts.addFlags(fl)
 	return cmd
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/dist"
+	"os"
 	"strings"
 	"time"
 
@@ -84,6 +86,10 @@ the numbers.`,
 // pipelineRun runs r's pipeline; command (lora or run) is for hints.
 func pipelineRun(opts *RunOptions, r *recipes.Recipe, command string) error {
 	io := opts.IO
+	if l, err := dist.Detect(os.Getenv); err == nil && l.Distributed() {
+		// Merging and quantizing would run on every rank, into the same folders.
+		return fmt.Errorf("%s: rank %d of %d (%s): the merge, quantize and validate stages run on one process; train under the launcher with `tune lora` and a recipe without merge:, quantize: and validate:, then run `tune run %s` once", r.File, l.Rank, l.Size, l.Launcher, r.File)
+	}
 	if err := resolveRecipe(context.Background(), io, r); err != nil {
 		return err
 	}

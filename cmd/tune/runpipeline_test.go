@@ -207,3 +207,15 @@ func TestRunBadThreshold(t *testing.T) {
 		t.Error("a bad recipe created the run folder")
 	}
 }
+
+// Under a launcher, the pipeline refuses to run on every rank.
+func TestRunRefusesDistributed(t *testing.T) {
+	t.Setenv("RANK", "1")
+	t.Setenv("WORLD_SIZE", "2")
+	t.Setenv("MASTER_ADDR", "127.0.0.1")
+	t.Setenv("MASTER_PORT", "29500")
+	_, _, err := runCLI(t, "", "run", filepath.Join("..", "..", "recipes", "tiny-pipeline.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "rank 1 of 2") || !strings.Contains(err.Error(), "run on one process") {
+		t.Fatalf("err = %v", err)
+	}
+}

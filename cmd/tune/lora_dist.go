@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/tunellm/tune/dist"
+	"github.com/tunellm/tune/recipes"
+)
+
+// Data-parallel `tune lora`: the rank plumbing around loraRun. A process
+// started by mpirun, srun or torchrun (or by --nproc-per-node below) finds
+// its rank in the environment (package dist), joins the group before it
+// loads anything, trains its share of every step (package train), and
+// leaves the group: MPI_Finalize on success, MPI_Abort (mpirun then stops
+// every rank and names this one) or closed TCP connections on failure.
+
+// distOptions are the flags of a data-parallel run.
+type distOptions struct {
+	nprocPerNode int
+}
+
+func (d *distOptions) addFlags(fl *pflag.FlagSet) {
+	fl.IntVar(&d.nprocPerNode, "nproc-per-node", 1, "train on N local processes (data parallel over TCP; mpirun -np N, srun and torchrun launches need no flag)")
+}
+
+// loraDist runs run as one rank of the launcher's group, spawns
+// --nproc-per-node ranks, or just runs it (a single process).
+func loraDist(opts *LoRAOptions, d *distOptions, run func() error) error {
+	if d.nprocPerNode < 1 {
+		return flagErrorf("--nproc-per-node %d: want 1 or more processes", d.nprocPerNode)
+	}
+	l, err := dist.Detect(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if opts.DryRun {
+		return run()
+	}
+	if d.nprocPerNode > 1 && !l.Distributed() {
+		return spawnRanks(opts.IO, d.nprocPerNode)
+	}
+	if l.LocalSize > 1 && os.Getenv("GOMAXPROCS") == "" {
+		// One machine's cores shared by its ranks, as torchrun's
+		// OMP_NUM_THREADS=1 default does (mpirun's core binding already
+		// narrows NumCPU).
+		runtime.GOMAXPROCS(max(1, runtime.NumCPU()/l.LocalSize))
+	}
+	c, err := dist.World()
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		return run()
+	}
+	rank, size := c.Rank(), c.Size()
+	if r, err := recipes.Load(opts.Recipe, opts.Set); err == nil && r.Pipeline() {
+		// Merging and quantizing would run on every rank, into the same
+		// folders.
+		c.Abort(1)
+		return fmt.Errorf("rank %d of %d: the recipe has merge:, quantize: or validate: steps, which run on one process: train here with a recipe of model, dataset, lora, train and output only, then run the rest with tune run --resume on one process", rank, size)
+	}
+	if rank != 0 {
+		// Rank 0 prints the plan, the progress and the summary.
+		opts.IO.Out, opts.IO.ErrTTY = io.Discard, false
+	}
+	if err := run(); err != nil {
+		if c.Backend() == "mpi" {
+			fmt.Fprintf(opts.IO.ErrOut, "tune: rank %d of %d: %v\n", rank, size, err)
+		}
+		c.Abort(1) // MPI: ends the job here; TCP: the others see this rank gone
+		return fmt.Errorf("rank %d of %d: %w", rank, size, err)
+	}
+	return dist.Finalize()
+}
+
+// spawnRanks starts n copies of this command on this machine as ranks
+// 0..n-1 of a TCP group (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+// MASTER_PORT, as torchrun sets them), each with GOMAXPROCS = cores/n
+// unless set, forwards Ctrl-C to them, and waits. Rank 0's output is ours;
+// the other ranks' error lines are prefixed with their rank.
+func spawnRanks(ios *IOStreams, n int) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--nproc-per-node: cannot find this program to start its ranks: %w", err)
+	}
+	port, err := freeTCPPort()
+	if err != nil {
+		return fmt.Errorf("--nproc-per-node: no free TCP port for the ranks' rendezvous: %w", err)
+	}
+	procs := os.Getenv("GOMAXPROCS")
+	if procs == "" {
+		procs = strconv.Itoa(max(1, runtime.NumCPU()/n))
+	}
+	cmds := make([]*exec.Cmd, n)
+	var outMu sync.Mutex
+	for r := range n {
+		cmd := exec.Command(exe, os.Args[1:]...)
+		cmd.Env = append(os.Environ(), "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(n), "LOCAL_RANK="+strconv.Itoa(r),
+			"LOCAL_WORLD_SIZE="+strconv.Itoa(n), "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "TUNE_DIST=tcp", "GOMAXPROCS="+procs)
+		if r == 0 {
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, ios.Out, ios.ErrOut
+		} else {
+			pr, pw := io.Pipe()
+			cmd.Stderr = pw
+			go func() {
+				sc := bufio.NewScanner(pr)
+				for sc.Scan() {
+					outMu.Lock()
+					fmt.Fprintf(ios.ErrOut, "[rank %d] %s\n", r, sc.Text())
+					outMu.Unlock()
+				}
+			}()
+			defer pw.Close()
+		}
+		if err := cmd.Start(); err != nil {
+			for _, c := range cmds[:r] {
+				c.Process.Kill()
+			}
+			return fmt.Errorf("--nproc-per-node: start rank %d: %w", r, err)
+		}
+		cmds[r] = cmd
+	}
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	type exit struct {
+		rank int
+		err  error
+	}
+	done := make(chan exit, n)
+	for r, c := range cmds {
+		go func() { done <- exit{r, c.Wait()} }()
+	}
+	var failed []exit
+	var kill <-chan time.Time
+	for left := n; left > 0; {
+		select {
+		case s := <-sig:
+			for _, c := range cmds {
+				c.Process.Signal(s) // the ranks stop together at a step and rank 0 checkpoints
+			}
+		case <-kill:
+			for _, c := range cmds {
+				c.Process.Kill()
+			}
+			kill = nil
+		case e := <-done:
+			left--
+			if e.err != nil {
+				failed = append(failed, e)
+				if kill == nil {
+					// The others fail on their own when a rank's
+					// connections close; give them a moment, then end them.
+					kill = time.After(10 * time.Second)
+				}
+			}
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	// A rank ended by a signal (killed, crashed) is the cause; the others
+	// only noticed it.
+	sort.SliceStable(failed, func(i, j int) bool { return signaled(failed[i].err) && !signaled(failed[j].err) })
+	msg := ""
+	for i, e := range failed {
+		if i > 0 {
+			msg += ", "
+		}
+		msg += fmt.Sprintf("rank %d: %v", e.rank, e.err)
+	}
+	return fmt.Errorf("--nproc-per-node %d: %s (see the messages above)", n, msg)
+}
+
+func signaled(err error) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			return ws.Signaled()
+		}
+	}
+	return false
+}
+
+func freeTCPPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
