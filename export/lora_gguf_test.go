@@ -108,7 +108,7 @@ func moduleKey(l int, mod string) string {
 // mergeForTest writes base + adapter as a plain F32 model folder, computing
 // W + scaling·B·A in float64 with PEFT's scaling for each module taken from
 // the spec (pattern entries are module-name suffixes in these tests): the
-// reference for adapters package lora can not load (rank/alpha patterns).
+// independent reference for the pattern cases (package lora reads patterns too, and is checked against it).
 func mergeForTest(t *testing.T, baseDir, adapterDir, outDir string, s adapterSpec) {
 	t.Helper()
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
@@ -202,8 +202,9 @@ var loraCases = []struct {
 	name  string
 	model string
 	spec  adapterSpec
-	// viaLora: package lora can load it, so tune's logits come from the
-	// unmerged adapter (loadModel's path); otherwise from mergeForTest.
+	// viaLora: tune's logits come from the unmerged adapter (loadModel's
+	// path); otherwise from mergeForTest, which package lora's unmerged
+	// adapter (rank/alpha patterns) is then also checked against.
 	viaLora bool
 }{
 	{"qwen3-plain", "qwen3-tied", adapterSpec{r: 4, alpha: 8, seed: 1}, true},
@@ -398,6 +399,34 @@ func TestLoRAGGUFLlamaCpp(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if !tc.viaLora {
+				// lora reads rank/alpha patterns too: its unmerged adapter on
+				// the base gives the independently merged model's logits.
+				um, err := model.Load(base, model.LoadOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer um.Close()
+				a, err := lora.Load(adir, um.Config)
+				if err != nil {
+					t.Fatal(err)
+				}
+				um.SetAdapter(a)
+				got, err := um.ForwardLogits(um.NewCache(len(tokens)), tokens)
+				if err != nil {
+					t.Fatal(err)
+				}
+				maxd := 0.0
+				for p := range want {
+					for v := range want[p] {
+						maxd = math.Max(maxd, math.Abs(float64(got[p][v]-want[p][v])))
+					}
+				}
+				t.Logf("lora unmerged (patterns) vs merged reference: max |diff| %.3g", maxd)
+				if maxd > 1e-4 {
+					t.Errorf("lora unmerged with patterns vs merged reference: max |diff| %.3g > 1e-4", maxd)
+				}
+			}
 			// The adapter must matter: compare with the base alone too.
 			bm, err := model.Load(base, model.LoadOptions{})
 			if err != nil {
@@ -467,4 +496,50 @@ func compareLlamaCppLoRA(t *testing.T, dir, baseGGUF, loraGGUF string, tokens []
 	if !(maxRel <= tol) {
 		t.Errorf("%s: logits differ by %.3g (relative) > %g at %s", filepath.Base(loraGGUF), maxRel, tol, at)
 	}
+}
+
+// TestLoRAGGUFLlamaCppReference: the PyTorch reference's adapter with
+// rank_pattern, alpha_pattern and rsLoRA (testdata/gen/lora_reference.py,
+// per-module ranks 2..8), exported to a llama.cpp LoRA GGUF, gives in
+// llama.cpp the logits PyTorch computed for base + unmerged adapter
+// (testdata/golden/lora-patterns-qwen3-tied.json "merge").
+func TestLoRAGGUFLlamaCppReference(t *testing.T) {
+	dir := llamaCppDir(t)
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "golden", "lora-patterns-qwen3-tied.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g struct {
+		Merge struct {
+			AdapterDir string      `json:"adapter_dir"`
+			Tokens     []int       `json:"tokens"`
+			Logits     [][]float32 `json:"logits"`
+		} `json:"merge"`
+	}
+	if err := json.Unmarshal(b, &g); err != nil {
+		t.Fatal(err)
+	}
+	base := testModelDir(t, "qwen3-tied")
+	tmp := t.TempDir()
+	baseGGUF, loraGGUF := filepath.Join(tmp, "base.gguf"), filepath.Join(tmp, "lora.gguf")
+	if err := quantize.ExportGGUF(base, baseGGUF, "f32"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := WriteLoRAGGUF(filepath.Join("..", g.Merge.AdapterDir), base, loraGGUF, LoRAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Folded || !rep.Patterns || len(rep.Ranks) < 3 {
+		t.Errorf("report %+v: want folded patterns with several ranks", rep)
+	}
+	bm, err := model.Load(base, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bm.Close()
+	baseLogits, err := bm.ForwardLogits(bm.NewCache(len(g.Merge.Tokens)), g.Merge.Tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareLlamaCppLoRA(t, dir, baseGGUF, loraGGUF, g.Merge.Tokens, g.Merge.Logits, baseLogits, 1e-4)
 }

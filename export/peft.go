@@ -98,8 +98,13 @@ func ReadAdapter(dir string, mc *model.Config) (*Adapter, error) {
 		if !ok || r != ta.Shape[0] {
 			return nil, fmt.Errorf("export: %s: %s: shape %v, rank %d", dir, ta.Name, ta.Shape, r)
 		}
+		mi := moduleIndex(ta.Module)
+		out, in := moduleShape(mc, mi)
+		if tb.Shape[0] != out || ta.Shape[1] != in || tb.Shape[1] != r {
+			return nil, fmt.Errorf("export: %s: %s %v and %s %v, want [%d %d] and [%d %d]", dir, ta.Name, ta.Shape, tb.Name, tb.Shape, r, in, out, r)
+		}
 		prefix := "self_attn"
-		if moduleIndex(ta.Module) >= 4 {
+		if mi >= 4 {
 			prefix = "mlp"
 		}
 		ad.Pairs = append(ad.Pairs, Pair{Layer: ta.Layer, Module: ta.Module,

@@ -7,7 +7,10 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 
+	"github.com/tunellm/tune/kernels"
+	_ "github.com/tunellm/tune/kernels/cpu" // the default backend of an adapter used without a model
 	"github.com/tunellm/tune/model"
 )
 
@@ -17,7 +20,7 @@ import (
 // slices; Tensors gives the named views.
 //
 // Forward and Backward may be called from several goroutines but run one at
-// a time (they share the worker pool).
+// a time (they share the adapter's scratch).
 type Adapter struct {
 	cfg     Config // resolved: TargetModules as saved, LayersToTransform sorted
 	scaling float32
@@ -29,15 +32,16 @@ type Adapter struct {
 	mods          [][]*module // [L][len(Modules)], nil where not adapted
 	tensors       []Tensor
 
-	// Task records reused by every call (guarded by the pool's mutex), so
-	// Forward and Backward allocate nothing once the scratch is sized.
-	fwd forwardTask
-	bwd backwardTask
-	g   []float32 // [maxT,R] dout·B, used within one Backward call only
-
-	// DoRA scratch shared by all modules (one call at a time): a dropped-out
-	// input [T,C] and two [T,OC] buffers.
-	xbuf, ybuf, gbuf []float32
+	// Scratch shared by all modules, guarded by mu (one Forward or Backward
+	// at a time), so calls allocate nothing once Reserve sized it.
+	mu    sync.Mutex
+	be    kernels.Backend // runs the matmuls: bound by BindBase, else "cpu"
+	maxR  int             // the largest module rank
+	g, su []float32       // [maxT,maxR]: s·dout·B and s·u
+	bt    []float32       // [maxR,maxOC]: Bᵀ
+	// A dropped-out input block and its grad, [dropBlock,C] (with DoRA
+	// [maxT,C]); DoRA's two [T,OC] buffers.
+	xbuf, dxbuf, ybuf, gbuf []float32
 }
 
 // module is one adapted linear layer: views into the slabs plus the state
@@ -45,6 +49,10 @@ type Adapter struct {
 type module struct {
 	layer, m int
 	out, in  int       // OC, C
+	r        int       // R of this module (rank_pattern applied)
+	alpha    float64   // lora_alpha of this module (alpha_pattern applied)
+	s64      float64   // scaling as PEFT's Python float: alpha/r or alpha/√r
+	s        float32   // float32(s64), what the forward multiplies by
 	a, b     []float32 // A [R,C], B [OC,R]
 	da, db   []float32 // same shapes, in the grads slab
 
@@ -86,6 +94,11 @@ type Tensor struct {
 // (model.NewPass or SetAdapter call BindBase): the base weight is not known
 // before.
 func New(cfg Config, mc *model.Config, seed uint64) (*Adapter, error) {
+	if r, err := resolve(cfg, mc); err != nil {
+		return nil, err
+	} else if err := r.checkSortedOrder(); err != nil {
+		return nil, err
+	}
 	a, err := newAdapter(cfg, mc)
 	if err != nil {
 		return nil, err
@@ -113,11 +126,11 @@ func newAdapter(cfg Config, mc *model.Config) (*Adapter, error) {
 		return nil, err
 	}
 	a := &Adapter{cfg: r.cfg, scaling: float32(r.cfg.Scaling()), mc: *mc}
-	R := a.cfg.R
 	n := 0
 	for l := range r.targets {
 		for m, on := range r.targets[l] {
 			if on {
+				R := r.ranks[l][m]
 				out, in := moduleShape(mc, m)
 				n += R*in + out*R
 				if r.cfg.UseDoRA {
@@ -137,7 +150,10 @@ func newAdapter(cfg Config, mc *model.Config) (*Adapter, error) {
 				continue
 			}
 			out, in := moduleShape(mc, m)
-			md := &module{layer: l, m: m, out: out, in: in}
+			R, alpha := r.ranks[l][m], r.alphas[l][m]
+			s64 := scalingOf(alpha, R, r.cfg.UseRSLoRA)
+			md := &module{layer: l, m: m, out: out, in: in, r: R, alpha: alpha, s64: s64, s: float32(s64)}
+			a.maxR = max(a.maxR, R)
 			prefix := "base_model.model." + moduleKey(l, m)
 			md.a, md.da = a.params[off:off+R*in:off+R*in], a.grads[off:off+R*in:off+R*in]
 			a.tensors = append(a.tensors, Tensor{Name: prefix + ".lora_A.weight", Layer: l, Module: Modules[m],
@@ -165,11 +181,25 @@ func (a *Adapter) Config() Config {
 	c := a.cfg
 	c.TargetModules = append([]string(nil), c.TargetModules...)
 	c.LayersToTransform = append([]int(nil), c.LayersToTransform...) // stays nil when nil
+	c.RankPattern = append([]Pattern(nil), c.RankPattern...)
+	c.AlphaPattern = append([]Pattern(nil), c.AlphaPattern...)
 	return c
 }
 
-// Scaling is the factor on the low-rank path (alpha/r or alpha/√r).
+// Scaling is the factor on the low-rank path for the default r and
+// lora_alpha (alpha/r or alpha/√r); see ModuleScaling for patterned modules.
 func (a *Adapter) Scaling() float32 { return a.scaling }
+
+// ModuleRank returns the rank, lora_alpha and scaling (a float64, as PEFT's
+// Python float) of an adapted module, rank_pattern and alpha_pattern
+// applied; ok is false when the module is not adapted.
+func (a *Adapter) ModuleRank(layer int, module string) (r int, alpha, scaling float64, ok bool) {
+	md := a.get(layer, module)
+	if md == nil {
+		return 0, 0, 0, false
+	}
+	return md.r, md.alpha, md.s64, true
+}
 
 var _ model.Adapter = (*Adapter)(nil)
 
@@ -214,43 +244,54 @@ func (a *Adapter) get(layer int, name string) *module {
 
 // Reserve sizes the scratch for up to maxT rows per call, so no Forward or
 // Backward allocates; without it the first call with a larger T grows it.
-// The cost is 4·maxT·R bytes per adapted module (the saved x·Aᵀ) plus one
-// shared buffer of the same size.
+// The cost is 4·maxT·R bytes per adapted module (the saved x·Aᵀ) plus two
+// shared buffers of the same size, Bᵀ, and with dropout two [256,C]
+// blocks (DoRA: [maxT,C] and two [maxT,OC]).
 func (a *Adapter) Reserve(maxT int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	C, OC, R := 0, 0, 0
 	for _, row := range a.mods {
 		for _, md := range row {
 			if md != nil {
-				md.reserve(maxT, a.cfg.R)
+				md.reserve(maxT)
+				C, OC, R = max(C, md.in), max(OC, md.out), max(R, md.r)
 			}
 		}
 	}
-	p := sharedPool()
-	p.mu.Lock()
 	a.growG(maxT)
-	p.mu.Unlock()
+	if cap(a.bt) < R*OC {
+		a.bt = make([]float32, R*OC)
+	}
+	if a.cfg.Dropout > 0 {
+		a.growX(min(maxT, dropBlock) * C)
+	}
 	if a.cfg.UseDoRA {
-		C, OC := 0, 0
-		for _, row := range a.mods {
-			for _, md := range row {
-				if md != nil {
-					C, OC = max(C, md.in), max(OC, md.out)
-				}
-			}
-		}
 		a.growDoRA(maxT, C, OC)
 	}
 }
 
-// growG sizes the shared Backward scratch; the caller holds the pool lock.
+// growG sizes the [T,maxR] scratch; the caller holds a.mu.
 func (a *Adapter) growG(T int) {
-	if cap(a.g) < T*a.cfg.R {
-		a.g = make([]float32, T*a.cfg.R)
+	if n := T * a.maxR; cap(a.g) < n {
+		a.g = make([]float32, n)
+		a.su = make([]float32, n)
 	}
 }
 
-func (md *module) reserve(T, R int) {
-	if cap(md.u) < T*R {
-		md.u = make([]float32, T*R)
+// growX sizes the dropout blocks to n floats; the caller holds a.mu.
+func (a *Adapter) growX(n int) {
+	if cap(a.xbuf) < n {
+		a.xbuf = make([]float32, n)
+	}
+	if cap(a.dxbuf) < n {
+		a.dxbuf = make([]float32, n)
+	}
+}
+
+func (md *module) reserve(T int) {
+	if cap(md.u) < T*md.r {
+		md.u = make([]float32, T*md.r)
 	}
 }
 
@@ -287,8 +328,8 @@ func (a *Adapter) MergedWeight(layer int, module string, w []float32) ([]float32
 // mergeRows writes rows o0..o0+n-1 of W + s·B·A into dst [n,C], w holding
 // the same rows: dst[o,c] = w[o,c] + s·Σ_k B[o,k]·A[k,c], in float64.
 func (a *Adapter) mergeRows(md *module, dst, w []float32, o0, n int) {
-	R, C := a.cfg.R, md.in
-	s := a.cfg.Scaling() // float64, as PEFT's get_delta_weight multiplies by the Python float
+	R, C := md.r, md.in
+	s := md.s64 // float64, as PEFT's get_delta_weight multiplies by the Python float
 	acc := make([]float64, C)
 	for i := 0; i < n; i++ {
 		clear(acc)

@@ -2,7 +2,10 @@ package lora
 
 import (
 	"math/rand/v2"
+	"os"
 	"testing"
+
+	"github.com/tunellm/tune/model"
 )
 
 func benchAdapter(tb testing.TB, C, R, T int, p float64) (*Adapter, []float32, []float32, []float32) {
@@ -55,6 +58,70 @@ func BenchmarkForwardBackward(b *testing.B) {
 			}
 			flops := float64(2*T*R*(C+C) + 2*T*R*(4*C))
 			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
+// BenchmarkTrainStep512: one LoRA training step (forward + backward of a
+// 512-token packed batch, two samples, every label scored) with a rank-16
+// adapter of this package on all 7 linear modules of bench-qwen3-small, as
+// bench/run.go's LoRA row. The model folder comes from
+// `go run bench/gen_model.go DIR` and is named by TUNE_BENCH_MODEL.
+func BenchmarkTrainStep512(b *testing.B) {
+	dir := os.Getenv("TUNE_BENCH_MODEL")
+	if dir == "" {
+		b.Skip("set TUNE_BENCH_MODEL to a bench-qwen3-small folder (go run bench/gen_model.go DIR)")
+	}
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	const T = 512
+	a, err := New(Config{R: 16, Alpha: 32, TargetModules: []string{AllLinear}}, m.Config, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tn := range a.Tensors() { // B nonzero, so every grad path carries numbers
+		randomize(tn.Data, rng, 0.02)
+	}
+	a.Reserve(T)
+	tokens, pos, seg, labels := make([]int32, T), make([]int32, T), make([]int32, T), make([]int32, T)
+	for t := range tokens {
+		tokens[t] = int32(rng.IntN(m.Config.Vocab))
+		s, p := 0, t
+		if t >= 300 {
+			s, p = 1, t-300
+		}
+		seg[t], pos[t] = int32(s), int32(p)
+	}
+	for t := range labels {
+		labels[t] = tokens[t]
+		if pos[t] == 0 {
+			labels[t] = -100
+		}
+	}
+	for _, ckpt := range []bool{false, true} {
+		name := "keep"
+		if ckpt {
+			name = "checkpointing"
+		}
+		b.Run(name, func(b *testing.B) {
+			p, err := m.NewPass(T, model.TrainOptions{Adapter: a, Checkpointing: ckpt})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				a.ZeroGrads()
+				if _, _, err := p.Forward(tokens, pos, seg, labels); err != nil {
+					b.Fatal(err)
+				}
+				if err := p.Backward(1.0 / T); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(T*b.N)/b.Elapsed().Seconds(), "tokens/s")
 		})
 	}
 }

@@ -9,7 +9,11 @@
 //
 //	y = x·Wᵀ + scaling · dropout(x)·Aᵀ·Bᵀ,  scaling = lora_alpha/r (or /√r with rsLoRA)
 //
-// with A [R,in] and B [out,R]. With use_dora (DoRA, PEFT's dora.py) a
+// with A [R,in] and B [out,R]. PEFT's rank_pattern and alpha_pattern give
+// a module its own r and lora_alpha (and so its own scaling), resolved as
+// peft.utils.other.get_pattern_key does (Config.RankPattern). The low-rank
+// products run on the model's kernels.Backend (fp32 GEMM: MatMulForward and
+// MatMulBackward with the adapter matrices as F32 weights). With use_dora (DoRA, PEFT's dora.py) a
 // trained magnitude m [out] rescales each output row by m/‖W + scaling·B·A‖
 // (see dora.go); the adapter then reads the frozen W, which the model hands it
 // through model.BaseAware. Parameters and gradients live in one fp32
@@ -20,8 +24,8 @@
 //
 // It is not a trainer (package train owns the
 // loop and the optimizer) and it does not run the base layers: the model calls
-// Forward and Backward through its Adapter hook. Bias training,
-// rank/alpha patterns and LoRA on embeddings or lm_head are not supported.
+// Forward and Backward through its Adapter hook. Bias training and LoRA on
+// embeddings or lm_head are not supported.
 //
 // Shape legend: T rows (tokens), C in_features, OC out_features, R rank,
 // L layers.

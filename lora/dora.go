@@ -3,7 +3,9 @@ package lora
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
+	"sync"
 
 	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/model"
@@ -58,7 +60,13 @@ var _ model.BaseAware = (*Adapter)(nil)
 // PEFT initialises it; a loaded or trained one is kept.
 func (a *Adapter) BindBase(layer int, module string, be kernels.Backend, w kernels.Weight, bias []float32) {
 	md := a.get(layer, module)
-	if md == nil || md.dora == nil {
+	if md == nil {
+		return
+	}
+	a.mu.Lock()
+	a.be = be // the adapter's own matmuls run where the model's do
+	a.mu.Unlock()
+	if md.dora == nil {
 		return
 	}
 	if w.Rows != md.out || w.Cols != md.in || (bias != nil && len(bias) != md.out) {
@@ -112,12 +120,12 @@ func (a *Adapter) ensureNorm(md *module) {
 	}
 	ds.norm = slices.Grow(ds.norm[:0], md.out)[:md.out]
 	ds.mn = slices.Grow(ds.mn[:0], md.out)[:md.out]
-	R, C := a.cfg.R, md.in
-	s := a.cfg.Scaling()
+	R, C := md.r, md.in
+	s := md.s64
 	dt := stDType(ds.w.DType)
 	sz := ds.w.DType.Size()
-	parallel(md.out, 4, func(w *worker, lo, hi int) {
-		row := w.rowBuf(C)
+	parallel(md.out, 4, func(lo, hi int) {
+		row := make([]float32, C)
 		for o := lo; o < hi; o++ {
 			if err := safetensors.ToFloat32(row, ds.w.Data[o*C*sz:(o+1)*C*sz], dt); err != nil {
 				panic(fmt.Sprintf("lora: DoRA layer %d %s: %v", md.layer, Modules[md.m], err))
@@ -139,18 +147,20 @@ func (a *Adapter) ensureNorm(md *module) {
 	ds.normB = append(ds.normB[:0], md.b...)
 }
 
-// fnTask adapts a closure to the pool's task.
-type fnTask func(w *worker, chunk int)
-
-func (f fnTask) run(w *worker, chunk int) { f(w, chunk) }
-
-// parallel runs f over [0,n) in blocks of at least minSize on the pool.
-func parallel(n, minSize int, f func(w *worker, lo, hi int)) {
-	p := sharedPool()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	size, cnt := p.chunks(n, minSize)
-	p.do(fnTask(func(w *worker, c int) { f(w, c*size, min(n, (c+1)*size)) }), cnt)
+// parallel runs f over [0,n) in one block per core (blocks of at least
+// minSize rows); each output row is computed by one goroutine, so the result
+// does not depend on the number of cores.
+func parallel(n, minSize int, f func(lo, hi int)) {
+	per := max(minSize, (n+runtime.GOMAXPROCS(0)-1)/runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += per {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			f(lo, hi)
+		}(lo, min(n, lo+per))
+	}
+	wg.Wait()
 }
 
 // growDoRA sizes the shared DoRA scratch for T rows of a [OC,C] module.
@@ -165,13 +175,14 @@ func (a *Adapter) growDoRA(T, C, OC int) {
 }
 
 // doraForward is Forward for a DoRA module; d is the dropout of this call.
+// The caller holds a.mu.
 func (a *Adapter) doraForward(md *module, out, in []float32, T int, d dropout) {
 	ds := md.dora
 	a.ensureNorm(md)
 	for j := range ds.mn {
 		ds.mn[j] = ds.mag[j] / ds.norm[j]
 	}
-	R, C, OC := a.cfg.R, md.in, md.out
+	R, C, OC := md.r, md.in, md.out
 	a.growDoRA(T, C, OC)
 	x, base := in[:T*C], a.ybuf[:T*OC]
 	if d.on {
@@ -195,33 +206,23 @@ func (a *Adapter) doraForward(md *module, out, in []float32, T int, d dropout) {
 			}
 		}
 	}
-	s := a.scaling
-	parallel(T, 1, func(_ *worker, lo, hi int) {
-		for t := lo; t < hi; t++ {
-			xr := x[t*C : (t+1)*C]
-			u := md.u[t*R : (t+1)*R]
-			for k := range u {
-				u[k] = dot(xr, md.a[k*C:(k+1)*C])
-			}
-			o, br := out[t*OC:(t+1)*OC], base[t*OC:(t+1)*OC]
-			for j := range o {
-				b := md.b[j*R : (j+1)*R]
-				var sum float32
-				for k, uk := range u {
-					sum += uk * b[k]
-				}
-				mn := ds.mn[j]
-				o[j] += (mn-1)*br[j] + mn*sum*s
-			}
+	be, u, y := a.backend(), md.u[:T*R], a.gbuf[:T*OC]
+	be.MatMulForward(u, x, f32Weight(md.a, R, C), nil, T)
+	be.MatMulForward(y, u, f32Weight(md.b, OC, R), nil, T)
+	s := md.s
+	for t := 0; t < T; t++ {
+		o, br, yr := out[t*OC:(t+1)*OC], base[t*OC:(t+1)*OC], y[t*OC:(t+1)*OC]
+		for j, mn := range ds.mn {
+			o[j] += (mn-1)*br[j] + mn*yr[j]*s
 		}
-	})
+	}
 }
 
 // doraBackward is Backward for a DoRA module (formulas above); d is the mask
-// the matching Forward used.
+// the matching Forward used. The caller holds a.mu.
 func (a *Adapter) doraBackward(md *module, din, dout, in []float32, T int, d dropout) {
 	ds := md.dora
-	R, C, OC := a.cfg.R, md.in, md.out
+	R, C, OC := md.r, md.in, md.out
 	a.growDoRA(T, C, OC)
 	x := in[:T*C]
 	if d.on {
@@ -231,32 +232,20 @@ func (a *Adapter) doraBackward(md *module, din, dout, in []float32, T int, d dro
 		}
 		x = xd
 	}
-	base, g := a.ybuf[:T*OC], dout[:T*OC]
+	base, g, y := a.ybuf[:T*OC], dout[:T*OC], a.gbuf[:T*OC]
 	ds.be.MatMulForward(base, x, ds.w, nil, T)
-	s := a.scaling
-	parallel(OC, 16, func(w *worker, lo, hi int) {
-		acc := w.accBuf(hi - lo)
-		clear(acc)
-		for t := 0; t < T; t++ {
-			u := md.u[t*R : (t+1)*R]
-			for j := lo; j < hi; j++ {
-				gv := g[t*OC+j]
-				if gv == 0 {
-					continue
-				}
-				b := md.b[j*R : (j+1)*R]
-				var sum float32
-				for k, uk := range u {
-					sum += uk * b[k]
-				}
-				acc[j-lo] += gv * (base[t*OC+j] + sum*s)
-			}
-		}
+	a.backend().MatMulForward(y, md.u[:T*R], f32Weight(md.b, OC, R), nil, T)
+	s := md.s
+	parallel(OC, 16, func(lo, hi int) {
 		for j := lo; j < hi; j++ {
-			ds.dmag[j] += acc[j-lo] / ds.norm[j]
+			var acc float32
+			for t := 0; t < T; t++ {
+				acc += g[t*OC+j] * (base[t*OC+j] + y[t*OC+j]*s)
+			}
+			ds.dmag[j] += acc / ds.norm[j]
 		}
 	})
-	gm := a.gbuf[:T*OC]
+	gm := y // y is no longer needed
 	for t := 0; t < T; t++ {
 		for j, mn := range ds.mn {
 			gm[t*OC+j] = mn * g[t*OC+j]

@@ -1,6 +1,11 @@
 package lora
 
-import "fmt"
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/tunellm/tune/kernels"
+)
 
 // Forward and Backward of one adapted linear layer, PEFT's lora.Linear.forward
 // (layer.py): result = base(x) + lora_B(lora_A(dropout(x))) * scaling.
@@ -84,7 +89,35 @@ func (a *Adapter) check(op string, md *module, layer int, name string, out, in [
 	}
 }
 
-// Forward: out[t,o] += s · Σ_k u[t,k]·B[o,k], u[t,k] = Σ_c dropout(x)[t,c]·A[k,c].
+// dropBlock is the number of rows a dropout Forward or Backward materialises
+// at once, bounding its scratch to dropBlock·C floats.
+const dropBlock = 256
+
+// f32Weight views an fp32 matrix [rows,cols] as a backend weight.
+func f32Weight(v []float32, rows, cols int) kernels.Weight {
+	var b []byte
+	if len(v) > 0 {
+		b = unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	}
+	return kernels.Weight{DType: kernels.F32, Data: b[:4*rows*cols], Rows: rows, Cols: cols}
+}
+
+// backend is what runs the adapter's matmuls: the model's backend once
+// BindBase was called, else the CPU reference backend.
+func (a *Adapter) backend() kernels.Backend {
+	if a.be == nil {
+		be, err := kernels.Get("cpu")
+		if err != nil {
+			panic(fmt.Sprintf("lora: %v", err))
+		}
+		a.be = be
+	}
+	return a.be
+}
+
+// Forward: out[t,o] += Σ_k (s·u[t,k])·B[o,k], u[t,k] = Σ_c dropout(x)[t,c]·A[k,c],
+// both products on the backend's fp32 GEMM (u = xd·Aᵀ by MatMulForward, the
+// accumulation into out by MatMulBackward's input-grad path through Bᵀ).
 // u [T,R] is kept for Backward. A module that is not adapted is a no-op.
 // train selects dropout (off at evaluation, as module.eval() does).
 func (a *Adapter) Forward(layer int, name string, out /*[T,OC]*/, in /*[T,C]*/ []float32, T int, train bool) {
@@ -93,8 +126,9 @@ func (a *Adapter) Forward(layer int, name string, out /*[T,OC]*/, in /*[T,C]*/ [
 		return
 	}
 	a.check("Forward", md, layer, name, out, in, T)
-	R := a.cfg.R
-	md.reserve(T, R)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	md.reserve(T)
 	md.fwdT = T
 	d := a.dropoutFor(md, train, a.maskKey(md))
 	md.fwdDrop, md.fwdKey = d.on, d.key
@@ -102,76 +136,68 @@ func (a *Adapter) Forward(layer int, name string, out /*[T,OC]*/, in /*[T,C]*/ [
 		a.doraForward(md, out, in, T, d)
 		return
 	}
-	p := sharedPool()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	size, n := p.chunks(T, 1)
-	ft := &a.fwd
-	*ft = forwardTask{md: md, out: out, in: in, s: a.scaling, R: R, d: d, rows: size, T: T}
-	p.do(ft, n)
-	*ft = forwardTask{}
-}
-
-type forwardTask struct {
-	md      *module
-	out, in []float32
-	s       float32
-	R       int
-	d       dropout
-	rows, T int
-}
-
-func (f *forwardTask) run(w *worker, chunk int) {
-	md, R, C, OC := f.md, f.R, f.md.in, f.md.out
-	t1 := min(f.T, (chunk+1)*f.rows)
-	for t := chunk * f.rows; t < t1; t++ {
-		x := f.in[t*C : (t+1)*C]
-		if f.d.on {
-			xd := w.rowBuf(C)
-			f.d.apply(xd, x, t)
-			x = xd
-		}
-		u := md.u[t*R : (t+1)*R]
-		for k := range u {
-			u[k] = dot(x, md.a[k*C:(k+1)*C])
-		}
-		o := f.out[t*OC : (t+1)*OC]
-		for j := range o {
-			b := md.b[j*R : (j+1)*R]
-			var sum float32
-			for k, uk := range u {
-				sum += uk * b[k]
+	be, R, C := a.backend(), md.r, md.in
+	A := f32Weight(md.a, R, C)
+	u := md.u[:T*R]
+	if !d.on {
+		be.MatMulForward(u, in[:T*C], A, nil, T)
+	} else {
+		a.growX(min(T, dropBlock) * C)
+		for t0 := 0; t0 < T; t0 += dropBlock {
+			nt := min(dropBlock, T-t0)
+			xd := a.xbuf[:nt*C]
+			for t := 0; t < nt; t++ {
+				d.apply(xd[t*C:(t+1)*C], in[(t0+t)*C:(t0+t+1)*C], t0+t)
 			}
-			o[j] += f.s * sum
+			be.MatMulForward(u[t0*R:(t0+nt)*R], xd, A, nil, nt)
 		}
 	}
+	a.addLowRank(md, out, u, T)
 }
 
-func dot(x, y []float32) float32 {
-	y = y[:len(x)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(x); i += 4 {
-		s0 += x[i] * y[i]
-		s1 += x[i+1] * y[i+1]
-		s2 += x[i+2] * y[i+2]
-		s3 += x[i+3] * y[i+3]
+// addLowRank does out[T,OC] += (s·u)·Bᵀ.
+func (a *Adapter) addLowRank(md *module, out, u []float32, T int) {
+	R, OC := md.r, md.out
+	su := a.scaledU(md, u, T)
+	bt := a.transposeB(md)
+	a.backend().MatMulBackward(out[:T*OC], nil, nil, su, nil, f32Weight(bt, R, OC), T)
+}
+
+// scaledU writes s·u into the shared [T,R] scratch.
+func (a *Adapter) scaledU(md *module, u []float32, T int) []float32 {
+	a.growG(T)
+	su := a.su[:T*md.r]
+	for i, v := range u[:T*md.r] {
+		su[i] = md.s * v
 	}
-	for ; i < len(x); i++ {
-		s0 += x[i] * y[i]
+	return su
+}
+
+// transposeB writes Bᵀ [R,OC] into the shared scratch.
+func (a *Adapter) transposeB(md *module) []float32 {
+	R, OC := md.r, md.out
+	if cap(a.bt) < R*OC {
+		a.bt = make([]float32, R*OC)
 	}
-	return (s0 + s1) + (s2 + s3)
+	bt := a.bt[:R*OC]
+	for o := 0; o < OC; o++ {
+		for k, v := range md.b[o*R : (o+1)*R] {
+			bt[k*OC+o] = v
+		}
+	}
+	return bt
 }
 
 // Backward of out += s·(dropout(x)·Aᵀ)·Bᵀ, given dout [T,OC] and the same
 // x [T,C] the matching Forward saw (the u it saved must still be there):
 //
-//	dB[o,k]   += s · Σ_t dout[t,o]·u[t,k]
-//	g[t,k]     =     Σ_o dout[t,o]·B[o,k]
-//	dA[k,c]   += s · Σ_t g[t,k]·dropout(x)[t,c]
-//	din[t,c]  += s · Σ_k g[t,k]·A[k,c] · mask[t,c]/(1-p)
+//	dB[o,k]   += Σ_t dout[t,o]·(s·u[t,k])
+//	g[t,k]     = s · Σ_o dout[t,o]·B[o,k]
+//	dA[k,c]   += Σ_t g[t,k]·dropout(x)[t,c]
+//	din[t,c]  += Σ_k g[t,k]·A[k,c] · mask[t,c]/(1-p)
 //
-// din may be nil when the input gradient is not needed.
+// each product on the backend's MatMulBackward (fp32 weights). din may be
+// nil when the input gradient is not needed.
 func (a *Adapter) Backward(layer int, name string, din /*[T,C]*/, dout /*[T,OC]*/, in /*[T,C]*/ []float32, T int) {
 	md := a.get(layer, name)
 	if md == nil || T == 0 {
@@ -188,6 +214,8 @@ func (a *Adapter) Backward(layer int, name string, din /*[T,C]*/, dout /*[T,OC]*
 	if md.fwdDrop {
 		d = a.dropoutFor(md, true, md.fwdKey)
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if md.dora != nil {
 		a.doraBackward(md, din, dout, in, T, d)
 		return
@@ -196,144 +224,44 @@ func (a *Adapter) Backward(layer int, name string, din /*[T,C]*/, dout /*[T,OC]*
 }
 
 // loraBackward is Backward's body for the plain low-rank branch; d is the
-// mask the matching Forward used.
+// mask the matching Forward used. The caller holds a.mu.
 func (a *Adapter) loraBackward(md *module, din, dout, in []float32, T int, d dropout) {
-	p := sharedPool()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	a.growG(T)
-	bt := &a.bwd
-	*bt = backwardTask{md: md, din: din, dout: dout, in: in, g: a.g, s: a.scaling, R: a.cfg.R, d: d, T: T}
-	defer func() { *bt = backwardTask{} }() // drop references to the caller's slices
-
-	// dB, over blocks of output rows o; then g, over rows t.
-	var n int
-	bt.phase = phaseDB
-	bt.width, n = p.chunks(md.out, 16)
-	p.do(bt, n)
-	bt.phase = phaseG
-	bt.width, n = p.chunks(T, 1)
-	p.do(bt, n)
-	// dA, over blocks of columns c; then din, over rows t.
-	bt.phase = phaseDA
-	bt.width, n = p.chunks(md.in, 16)
-	p.do(bt, n)
-	if din != nil {
-		bt.phase = phaseDIn
-		bt.width, n = p.chunks(T, 1)
-		p.do(bt, n)
+	be, R, C, OC := a.backend(), md.r, md.in, md.out
+	su := a.scaledU(md, md.u, T)
+	g := a.g[:T*R]
+	clear(g)
+	be.MatMulBackward(g, md.db, nil, dout[:T*OC], su, f32Weight(md.b, OC, R), T)
+	for i := range g {
+		g[i] *= md.s
 	}
-}
-
-const (
-	phaseDB = iota
-	phaseG
-	phaseDA
-	phaseDIn
-)
-
-type backwardTask struct {
-	md            *module
-	din, dout, in []float32
-	g             []float32 // [T,R] dout·B
-	s             float32
-	R             int
-	d             dropout
-	T             int
-	phase, width  int
-}
-
-func (b *backwardTask) run(w *worker, chunk int) {
-	md, R, C, OC, T := b.md, b.R, b.md.in, b.md.out, b.T
-	lo := chunk * b.width
-	switch b.phase {
-	case phaseDB:
-		hi := min(OC, lo+b.width)
-		acc := w.accBuf((hi - lo) * R)
-		clear(acc)
-		for t := 0; t < T; t++ {
-			u := md.u[t*R : (t+1)*R]
-			drow := b.dout[t*OC+lo : t*OC+hi]
-			for j, g := range drow {
-				if g == 0 {
-					continue
-				}
-				ac := acc[j*R : (j+1)*R]
-				for k, uk := range u {
-					ac[k] += g * uk
-				}
-			}
+	A := f32Weight(md.a, R, C)
+	if !d.on {
+		var dx []float32
+		if din != nil {
+			dx = din[:T*C]
 		}
-		db := md.db[lo*R : hi*R]
-		for i, v := range acc {
-			db[i] += b.s * v
+		be.MatMulBackward(dx, md.da, nil, g, in[:T*C], A, T)
+		return
+	}
+	a.growX(min(T, dropBlock) * C)
+	for t0 := 0; t0 < T; t0 += dropBlock {
+		nt := min(dropBlock, T-t0)
+		xd := a.xbuf[:nt*C]
+		for t := 0; t < nt; t++ {
+			d.apply(xd[t*C:(t+1)*C], in[(t0+t)*C:(t0+t+1)*C], t0+t)
 		}
-	case phaseG:
-		hi := min(T, lo+b.width)
-		for t := lo; t < hi; t++ {
-			g := b.g[t*R : (t+1)*R]
-			clear(g)
-			drow := b.dout[t*OC : (t+1)*OC]
-			for o, dv := range drow {
-				if dv == 0 {
-					continue
-				}
-				brow := md.b[o*R : (o+1)*R]
-				for k := range g {
-					g[k] += dv * brow[k]
-				}
-			}
+		var dx []float32
+		if din != nil {
+			dx = a.dxbuf[:nt*C]
+			clear(dx)
 		}
-	case phaseDA:
-		hi := min(C, lo+b.width)
-		W := hi - lo
-		acc := w.accBuf(R * W)
-		clear(acc)
-		for t := 0; t < T; t++ {
-			x := b.in[t*C+lo : t*C+hi]
-			if b.d.on {
-				xd := w.rowBuf(W)
-				for i, v := range x {
-					xd[i] = b.d.at(v, t, lo+i, C)
+		be.MatMulBackward(dx, md.da, nil, g[t0*R:(t0+nt)*R], xd, A, nt)
+		if din != nil {
+			for t := 0; t < nt; t++ {
+				row := din[(t0+t)*C : (t0+t+1)*C]
+				for c, v := range dx[t*C : (t+1)*C] {
+					row[c] += d.at(v, t0+t, c, C)
 				}
-				x = xd
-			}
-			g := b.g[t*R : (t+1)*R]
-			for k, gk := range g {
-				if gk == 0 {
-					continue
-				}
-				ac := acc[k*W : (k+1)*W]
-				for i, v := range x {
-					ac[i] += gk * v
-				}
-			}
-		}
-		for k := 0; k < R; k++ {
-			da := md.da[k*C+lo : k*C+hi]
-			ac := acc[k*W : (k+1)*W]
-			for i, v := range ac {
-				da[i] += b.s * v
-			}
-		}
-	case phaseDIn:
-		hi := min(T, lo+b.width)
-		for t := lo; t < hi; t++ {
-			g := b.g[t*R : (t+1)*R]
-			row := w.rowBuf(C)
-			clear(row)
-			for k, gk := range g {
-				if gk == 0 {
-					continue
-				}
-				ak := md.a[k*C : (k+1)*C]
-				for c, v := range ak {
-					row[c] += gk * v
-				}
-			}
-			dx := b.din[t*C : (t+1)*C]
-			for c, v := range row {
-				dx[c] += b.s * b.d.at(v, t, c, C)
 			}
 		}
 	}

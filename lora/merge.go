@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -241,7 +242,7 @@ func (a *Adapter) writeMerged(w io.Writer, t safetensors.Tensor, out safetensors
 
 // mergeBlock runs mergeRows over nr rows starting at o0 on every core.
 func (a *Adapter) mergeBlock(md *module, dst, w []float32, o0, nr int) {
-	workers := len(sharedPool().workers)
+	workers := runtime.GOMAXPROCS(0)
 	per := (nr + workers - 1) / workers
 	var wg sync.WaitGroup
 	for lo := 0; lo < nr; lo += per {

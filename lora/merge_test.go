@@ -185,7 +185,8 @@ func TestMergeRefusals(t *testing.T) {
 // through model.Load must give the PyTorch reference's logits of base +
 // unmerged adapter.
 func TestMergeGolden(t *testing.T) {
-	for _, golden := range []string{"../testdata/golden/lora-qwen3-tied.json", "../testdata/golden/lora-dora-qwen3-tied.json"} {
+	for _, golden := range []string{"../testdata/golden/lora-qwen3-tied.json", "../testdata/golden/lora-dora-qwen3-tied.json",
+		"../testdata/golden/lora-patterns-qwen3-tied.json", "../testdata/golden/lora-patterns-dora-qwen3-tied.json"} {
 		t.Run(filepath.Base(golden), func(t *testing.T) { mergeGolden(t, golden) })
 	}
 }

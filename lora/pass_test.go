@@ -62,6 +62,8 @@ func TestPassGolden(t *testing.T) {
 		{"../testdata/golden/lora-qwen3-tied.json", qwenDir},
 		{"../testdata/golden/lora-llama3.json", llamaDir},
 		{"../testdata/golden/lora-dora-qwen3-tied.json", qwenDir},
+		{"../testdata/golden/lora-patterns-qwen3-tied.json", qwenDir},
+		{"../testdata/golden/lora-patterns-dora-qwen3-tied.json", qwenDir},
 	} {
 		t.Run(filepath.Base(tc.golden), func(t *testing.T) {
 			g, grads := readGolden(t, tc.golden)

@@ -51,13 +51,16 @@ func (a *Adapter) configDict() map[string]any {
 	if c.LayersToTransform != nil {
 		layers = c.LayersToTransform
 	}
-	var alpha any = c.Alpha
-	if c.Alpha == math.Trunc(c.Alpha) && math.Abs(c.Alpha) < 1<<53 {
-		alpha = int(c.Alpha) // lora_alpha is an int field; keep 16, not 16.0
+	rank, alphas := map[string]any{}, map[string]any{}
+	for _, p := range c.RankPattern { // keys are unique after resolve
+		rank[p.Key] = int(p.Value)
+	}
+	for _, p := range c.AlphaPattern {
+		alphas[p.Key] = pyNumber(p.Value)
 	}
 	return map[string]any{
 		"alora_invocation_tokens": nil,
-		"alpha_pattern":           map[string]any{},
+		"alpha_pattern":           alphas,
 		"arrow_config":            nil,
 		"auto_mapping":            nil,
 		"base_model_name_or_path": base,
@@ -73,7 +76,7 @@ func (a *Adapter) configDict() map[string]any {
 		"layers_pattern":          nil,
 		"layers_to_transform":     layers,
 		"loftq_config":            map[string]any{},
-		"lora_alpha":              alpha,
+		"lora_alpha":              pyNumber(c.Alpha),
 		"lora_bias":               false,
 		"lora_dropout":            c.Dropout,
 		"lora_ga_config":          nil,
@@ -84,7 +87,7 @@ func (a *Adapter) configDict() map[string]any {
 		"peft_type":               "LORA",
 		"qalora_group_size":       16,
 		"r":                       c.R,
-		"rank_pattern":            map[string]any{},
+		"rank_pattern":            rank,
 		"revision":                nil,
 		"target_modules":          c.TargetModules,
 		"target_parameters":       nil,
@@ -96,6 +99,15 @@ func (a *Adapter) configDict() map[string]any {
 		"use_rslora":              c.UseRSLoRA,
 		"velora_config":           nil,
 	}
+}
+
+// pyNumber keeps an integral float an int (lora_alpha is an int field in
+// PEFT: 16, not 16.0).
+func pyNumber(v float64) any {
+	if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+		return int(v)
+	}
+	return v
 }
 
 // Save writes a PEFT adapter folder: adapter_model.safetensors with PEFT's
@@ -183,6 +195,10 @@ func LoadConfig(dir string) (Config, error) {
 	return c, nil
 }
 
+// ParseConfig is LoadConfig on the bytes of an adapter_config.json (errors
+// name the key, not the file).
+func ParseConfig(data []byte) (Config, error) { return parseConfig(data) }
+
 func isNull(m json.RawMessage) bool {
 	m = bytes.TrimSpace(m)
 	return len(m) == 0 || string(m) == "null"
@@ -257,11 +273,22 @@ func parseConfig(data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("layers_pattern = %s is not supported (supported: null, \"layers\")", m)
 		}
 	}
+	var err error
+	if c.RankPattern, err = orderedPattern("rank_pattern", raw["rank_pattern"]); err != nil {
+		return Config{}, err
+	}
+	if c.AlphaPattern, err = orderedPattern("alpha_pattern", raw["alpha_pattern"]); err != nil {
+		return Config{}, err
+	}
+	if _, err := compilePatterns("rank_pattern", c.RankPattern); err != nil {
+		return Config{}, errors.New(strings.TrimPrefix(err.Error(), "lora: "))
+	}
+	if _, err := compilePatterns("alpha_pattern", c.AlphaPattern); err != nil {
+		return Config{}, errors.New(strings.TrimPrefix(err.Error(), "lora: "))
+	}
 	// Features that change the math or the tensors: refuse rather than
 	// silently load something else.
 	for _, f := range []struct{ key, why string }{
-		{"rank_pattern", "per-module ranks"},
-		{"alpha_pattern", "per-module alphas"},
 		{"modules_to_save", "fully trained extra modules"},
 		{"trainable_token_indices", "trainable token embeddings"},
 		{"layer_replication", "layer replication"},
@@ -305,6 +332,40 @@ func parseConfig(data []byte) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// orderedPattern parses rank_pattern or alpha_pattern, a JSON object of
+// numbers, keeping the file's key order: PEFT tries the keys in the order of
+// the dict json.load built, which is the file's. A key repeated in the file
+// keeps its first place and takes its last value, as in a Python dict.
+func orderedPattern(key string, m json.RawMessage) ([]Pattern, error) {
+	if isNull(m) {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(m))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, fmt.Errorf("%s = %.60s, want an object of module pattern -> number", key, m)
+	}
+	var out []Pattern
+	at := map[string]int{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", key, err)
+		}
+		k, _ := t.(string)
+		var v float64
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("%s[%q]: want a number", key, k)
+		}
+		if i, ok := at[k]; ok {
+			out[i].Value = v
+			continue
+		}
+		at[k] = len(out)
+		out = append(out, Pattern{Key: k, Value: v})
+	}
+	return out, nil
 }
 
 // Load reads a PEFT LoRA adapter folder for a base model with config mc:
@@ -394,10 +455,14 @@ func (a *Adapter) explainShape(t Tensor) string {
 	if strings.HasSuffix(t.Name, ".lora_magnitude_vector") {
 		return fmt.Sprintf("%s=%d", outName, t.Shape[0])
 	}
-	if strings.HasSuffix(t.Name, ".lora_A.weight") {
-		return fmt.Sprintf("r=%d, %s=%d", a.cfg.R, inName, t.Shape[1])
+	r := fmt.Sprintf("r=%d", a.cfg.R)
+	if md := a.get(t.Layer, t.Module); md != nil && md.r != a.cfg.R {
+		r = fmt.Sprintf("r=%d from rank_pattern", md.r)
 	}
-	return fmt.Sprintf("%s=%d, r=%d", outName, t.Shape[0], a.cfg.R)
+	if strings.HasSuffix(t.Name, ".lora_A.weight") {
+		return fmt.Sprintf("%s, %s=%d", r, inName, t.Shape[1])
+	}
+	return fmt.Sprintf("%s=%d, %s", outName, t.Shape[0], r)
 }
 
 // explainUnknown says why a tensor name is not one of the adapter's.

@@ -25,6 +25,11 @@ validated against the Go model) and adds what PEFT adds on top of transformers:
                          (W + delta), delta = (B @ A) * scaling. Saved as
                          base_model.model.<module>.lora_magnitude_vector [out] (save_and_load.py
                          strips the ".weight" of lora_magnitude_vector.default.weight).
+  - rank_pattern,        LoraModel._create_and_replace: r = rank_pattern.get(get_pattern_key(rank_pattern
+    alpha_pattern        keys, name), r), alpha likewise; get_pattern_key (peft utils/other.py) returns the
+                         first key, in dict order, with re.match(rf"(.*\.)?({key})$", name), name being
+                         the module's full name ("model.layers.1.self_attn.q_proj"); the module's scaling
+                         then uses its own r and alpha (rsLoRA: alpha / sqrt(r)).
   - targeting            tuners_utils.check_target_module_exists: a module is wrapped when its
                          name ends in one of target_modules and, with layers_to_transform, its
                          "layers.<i>." index is listed.
@@ -54,6 +59,7 @@ Nothing here comes from tune.
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -134,6 +140,39 @@ LORA_SPECS = [
         "layers_to_transform": None,
         "samples": qwen3_samples,
     },
+    {
+        # Per-module ranks and alphas with rsLoRA. Keys in sorted order, as save_pretrained
+        # (sort_keys=True) writes them; layer 1's q_proj matches two rank keys and takes the
+        # first one's r.
+        "model": "qwen3-tied",
+        "adapter": "qwen3-tied-patterns-rslora",
+        "golden": "lora-patterns-qwen3-tied",
+        "seed": 2004,
+        "r": 4,
+        "lora_alpha": 8,
+        "use_rslora": True,
+        "rank_pattern": {"layers\\.1\\.self_attn\\.(q|k)_proj": 2, "mlp.down_proj": 8, "q_proj": 6},
+        "alpha_pattern": {"o_proj": 3, "up_proj|gate_proj": 16},
+        "target_modules": ALL_LINEAR,
+        "layers_to_transform": None,
+        "samples": qwen3_samples,
+    },
+    {
+        # DoRA with per-module ranks and alphas: the weight norm uses each module's scaling.
+        "model": "qwen3-tied",
+        "adapter": "qwen3-tied-patterns-dora",
+        "golden": "lora-patterns-dora-qwen3-tied",
+        "seed": 2005,
+        "r": 4,
+        "lora_alpha": 8,
+        "use_rslora": False,
+        "use_dora": True,
+        "rank_pattern": {"k_proj": 2, "layers\\.0\\.mlp\\..*": 6},
+        "alpha_pattern": {"v_proj": 2},
+        "target_modules": ALL_LINEAR,
+        "layers_to_transform": None,
+        "samples": qwen3_samples,
+    },
 ]
 
 
@@ -142,10 +181,37 @@ LORA_SPECS = [
 # ---------------------------------------------------------------------------------------
 
 
-def scaling_of(spec):
+def get_pattern_key(pattern_keys, key_to_match):
+    """peft utils/other.py get_pattern_key: the first key (dict order) whose regex matches."""
+    for key in pattern_keys:
+        if re.match(r"(.*\.)?(%s)$" % key, key_to_match):
+            return key
+    return key_to_match
+
+
+def r_alpha_of(spec, mod):
+    """LoraModel._create_and_replace: the module's r and lora_alpha."""
+    rp, ap = spec.get("rank_pattern", {}), spec.get("alpha_pattern", {})
+    r = rp.get(get_pattern_key(rp.keys(), mod), spec["r"])
+    alpha = ap.get(get_pattern_key(ap.keys(), mod), spec["lora_alpha"])
+    return r, alpha
+
+
+def scaling_of(spec, cfg=None):
+    """LoraLayer.update_layer's scaling: one float, or {module: float} with patterns."""
+    if spec.get("rank_pattern") or spec.get("alpha_pattern"):
+        out = {}
+        for mod in target_modules(spec, cfg):
+            r, alpha = r_alpha_of(spec, mod)
+            out[mod] = alpha / math.sqrt(r) if spec["use_rslora"] else alpha / r
+        return out
     if spec["use_rslora"]:
         return spec["lora_alpha"] / math.sqrt(spec["r"])
     return spec["lora_alpha"] / spec["r"]
+
+
+def scale_for(scale, mod):
+    return scale[mod] if isinstance(scale, dict) else scale
 
 
 def target_modules(spec, cfg):
@@ -181,14 +247,15 @@ def init_adapter(spec, cfg, W):
     out = {}
     for mod in target_modules(spec, cfg):
         o, i = W[mod + ".weight"].shape
-        out[peft_key(mod, "A")] = torch.randn(spec["r"], i, generator=g) * ADAPTER_STD
-        out[peft_key(mod, "B")] = torch.randn(o, spec["r"], generator=g) * ADAPTER_STD
+        r, _ = r_alpha_of(spec, mod)
+        out[peft_key(mod, "A")] = torch.randn(r, i, generator=g) * ADAPTER_STD
+        out[peft_key(mod, "B")] = torch.randn(o, r, generator=g) * ADAPTER_STD
     if spec.get("use_dora"):
         # PEFT's init m = ||W + s B A|| per row, then scaled by 1 + N(0, 0.1^2) so that
         # m / ||W + s B A|| != 1 and every term of the DoRA gradient is exercised.
         for mod in target_modules(spec, cfg):
             a, b = out[peft_key(mod, "A")], out[peft_key(mod, "B")]
-            n = dora_weight_norm(W[mod + ".weight"].to(torch.float32), a, b, scaling_of(spec))
+            n = dora_weight_norm(W[mod + ".weight"].to(torch.float32), a, b, scale_for(scaling_of(spec, cfg), mod))
             out[mag_key(mod)] = n * (1 + torch.randn(n.shape, generator=g) * ADAPTER_STD)
     return out
 
@@ -199,13 +266,14 @@ def peft_init_like(spec, cfg, W, seed):
     out = {}
     for mod in target_modules(spec, cfg):
         o, i = W[mod + ".weight"].shape
-        a = torch.empty(spec["r"], i)
+        r, _ = r_alpha_of(spec, mod)
+        a = torch.empty(r, i)
         torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         out[peft_key(mod, "A")] = a
-        out[peft_key(mod, "B")] = torch.zeros(o, spec["r"])
+        out[peft_key(mod, "B")] = torch.zeros(o, r)
         if spec.get("use_dora"):  # DoraLinearLayer.update_layer: m = ||W + s B A|| = ||W||
             out[mag_key(mod)] = dora_weight_norm(W[mod + ".weight"].to(torch.float32), a, out[peft_key(mod, "B")],
-                                                 scaling_of(spec))
+                                                 scale_for(scaling_of(spec, cfg), mod))
     return out
 
 
@@ -213,7 +281,7 @@ def adapter_config(spec):
     """adapter_config.json as PEFT v0.19.1 save_pretrained writes it for a LoraConfig."""
     return {
         "alora_invocation_tokens": None,
-        "alpha_pattern": {},
+        "alpha_pattern": spec.get("alpha_pattern", {}),
         "arrow_config": None,
         "auto_mapping": None,
         "base_model_name_or_path": "testdata/models/" + spec["model"],
@@ -240,7 +308,7 @@ def adapter_config(spec):
         "peft_version": PEFT_VERSION,
         "qalora_group_size": 16,
         "r": spec["r"],
-        "rank_pattern": {},
+        "rank_pattern": spec.get("rank_pattern", {}),
         "revision": None,
         "target_modules": sorted(spec["target_modules"]),
         "target_parameters": None,
@@ -277,9 +345,9 @@ def merge(W, adapter, scale):
             continue
         mod = k[len("base_model.model."):-len(".lora_A.weight")]
         a, b = adapter[k], adapter[peft_key(mod, "B")]
-        out[mod + ".weight"] = W[mod + ".weight"].to(torch.float32) + (b @ a) * scale
+        out[mod + ".weight"] = W[mod + ".weight"].to(torch.float32) + (b @ a) * scale_for(scale, mod)
         if mag_key(mod) in adapter:
-            w0, delta = W[mod + ".weight"].to(torch.float32), (b @ a) * scale
+            w0, delta = W[mod + ".weight"].to(torch.float32), (b @ a) * scale_for(scale, mod)
             weight_norm = torch.linalg.norm(w0 + delta, dim=1)  # get_weight_norm(orig, delta, scaling=1)
             dora_factor = adapter[mag_key(mod)] / weight_norm
             out[mod + ".weight"] = dora_factor.view(-1, 1) * (w0 + delta)
@@ -317,23 +385,24 @@ def forward(cfg, W, ids, positions=None, seg=None, adapter=None, scale=0.0, dtyp
 
     def lin(mod, h):
         y = F.linear(h, W[mod + ".weight"], W.get(mod + ".bias"))
+        s = scale_for(scale, mod) if mod in lora else 0.0
         if mod in mags:  # DoraLinearVariant.forward, dropout 0 (base_result = result)
             a, b = lora[mod]
             if norm_from is not None:
                 a0 = norm_from[peft_key(mod, "A")].to(dtype)
                 b0 = norm_from[peft_key(mod, "B")].to(dtype)
-                weight_norm = dora_weight_norm(W[mod + ".weight"], a0, b0, scale)
+                weight_norm = dora_weight_norm(W[mod + ".weight"], a0, b0, s)
             else:
-                weight_norm = dora_weight_norm(W[mod + ".weight"], a.detach(), b.detach(), scale).detach()
+                weight_norm = dora_weight_norm(W[mod + ".weight"], a.detach(), b.detach(), s).detach()
             mag_norm_scale = (mags[mod] / weight_norm).view(1, -1)
             lora_result = F.linear(F.linear(h, a), b)
             base_result = y
             if W.get(mod + ".bias") is not None:
                 base_result = base_result - W[mod + ".bias"]
-            return y + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scale)
+            return y + ((mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * s)
         if mod in lora:
             a, b = lora[mod]
-            y = y + F.linear(F.linear(h, a), b) * scale  # lora_B(lora_A(dropout(x))) * scaling
+            y = y + F.linear(F.linear(h, a), b) * s  # lora_B(lora_A(dropout(x))) * scaling
         return y
 
     x = F.embedding(torch.tensor(ids, dtype=torch.long), W["model.embed_tokens.weight"])
@@ -541,7 +610,7 @@ def build(spec):
     with open(os.path.join(mdir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     W = R.read_safetensors(os.path.join(mdir, "model.safetensors"))  # upcast to f32, as from_pretrained
-    scale = scaling_of(spec)
+    scale = scaling_of(spec, cfg)
     adapter = init_adapter(spec, cfg, W)
     adir = write_adapter(spec, adapter)
     notes = []
@@ -632,6 +701,12 @@ def build(spec):
                  "scaling": scale, "lora_dropout": 0.0, "target_modules": sorted(spec["target_modules"]),
                  "layers_to_transform": spec["layers_to_transform"],
                  "formula": "y = x W^T (+ b) + ((x A^T) B^T) * float32(scaling)"}
+    if isinstance(scale, dict):
+        lora_info["rank_pattern"] = spec.get("rank_pattern", {})
+        lora_info["alpha_pattern"] = spec.get("alpha_pattern", {})
+        lora_info["scaling"] = "per module, see module_r_alpha_scaling"
+        lora_info["module_r_alpha_scaling"] = {m: [*r_alpha_of(spec, m), scale[m]] for m in target_modules(spec, cfg)}
+        assert len({v[0] for v in lora_info["module_r_alpha_scaling"].values()}) >= 3  # the patterns bite
     initial = ("adapter_dir holds the adapter every computation here starts from: A [r,in] and B [out,r] "
                "both N(0, %g^2) (seeded), not PEFT's init, so that dL/dA != 0" % ADAPTER_STD)
     if spec.get("use_dora"):
@@ -708,7 +783,7 @@ def build(spec):
     path = os.path.join(R.GOLDEN, "%s.json" % spec.get("golden", "lora-" + name))
     write_golden(path, g_out)
 
-    print("%-11s adapter %-17s r=%d scaling=%.4g  T=%d n=%d loss_sum=%.6f grads f32/f64 rel %.2g" % (
+    print("%-11s adapter %-17s r=%d scaling=%s  T=%d n=%d loss_sum=%.6f grads f32/f64 rel %.2g" % (
         name, spec["adapter"], spec["r"], scale, T, n, ls32, grad_rel))
     for s in steps:
         print("    step %d loss %.6f grad_norm %.4f" % (s["step"], s["loss"], s["grad_norm"]))
@@ -719,8 +794,11 @@ def build(spec):
 
 
 def main():
+    """Builds every spec, or only those whose adapter name is given on the command line."""
     os.makedirs(ADAPTERS, exist_ok=True)
-    total = sum(build(spec) for spec in LORA_SPECS)
+    specs = [s for s in LORA_SPECS if not sys.argv[1:] or s["adapter"] in sys.argv[1:]]
+    assert specs, "no spec named %s" % sys.argv[1:]
+    total = sum(build(spec) for spec in specs)
     print("total bytes written: %d" % total)
     assert total < 2.5e6
 
