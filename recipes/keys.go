@@ -46,6 +46,8 @@ var keys = []key{
 	{"lora.target_modules", "list", "all-linear", "linear layers to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all-linear", func(r *Recipe) any { return &r.LoRA.TargetModules }},
 	{"lora.layers_to_transform", "ints", "[]", "decoder layers to adapt (empty: all)", func(r *Recipe) any { return &r.LoRA.LayersToTransform }},
 	{"lora.use_rslora", "bool", "false", "rank-stabilized scale alpha/sqrt(r)", func(r *Recipe) any { return &r.LoRA.UseRSLoRA }},
+	{"lora.rank_pattern", "map", "{}", "module regex -> rank over lora.r (PEFT rank_pattern: (.*\\.)?(key)$ matched on model.layers.N.self_attn.q_proj, first match wins)", func(r *Recipe) any { return &r.LoRA.RankPattern }},
+	{"lora.alpha_pattern", "map", "{}", "module regex -> alpha over lora.alpha (PEFT alpha_pattern)", func(r *Recipe) any { return &r.LoRA.AlphaPattern }},
 	{"lora.use_dora", "bool", "false", "weight-decomposed LoRA (DoRA, PEFT use_dora): a trained magnitude per output row", func(r *Recipe) any { return &r.LoRA.UseDoRA }},
 	{"lora.init_adapter", "path", "", "continue training from this PEFT adapter folder", func(r *Recipe) any { return &r.LoRA.InitAdapter }},
 

@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/lora"
 	"io"
 	"math"
 	"os"
@@ -99,6 +100,8 @@ type LoRASection struct {
 	UseRSLoRA         bool
 	UseDoRA           bool
 	InitAdapter       string
+	RankPattern       map[string]string // PEFT rank_pattern: module regex -> rank
+	AlphaPattern      map[string]string // PEFT alpha_pattern: module regex -> alpha
 }
 
 // TrainSection is `train:`.
@@ -346,6 +349,12 @@ func (r *Recipe) Validate() error {
 		if err != nil {
 			return err
 		}
+	}
+	if _, err := lora.ParsePatterns("rank_pattern", r.LoRA.RankPattern); err != nil {
+		return r.errorf("lora.rank_pattern", "%v", err)
+	}
+	if _, err := lora.ParsePatterns("alpha_pattern", r.LoRA.AlphaPattern); err != nil {
+		return r.errorf("lora.alpha_pattern", "%v", err)
 	}
 	switch t.Device {
 	case "cpu":

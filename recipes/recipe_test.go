@@ -31,7 +31,8 @@ func TestDefaults(t *testing.T) {
 	if !reflect.DeepEqual(r.Train, want) {
 		t.Errorf("train defaults\n got %+v\nwant %+v", r.Train, want)
 	}
-	wantL := LoRASection{R: 16, Alpha: 32, Dropout: 0.05, TargetModules: []string{"all-linear"}, LayersToTransform: []int{}}
+	wantL := LoRASection{R: 16, Alpha: 32, Dropout: 0.05, TargetModules: []string{"all-linear"}, LayersToTransform: []int{},
+		RankPattern: map[string]string{}, AlphaPattern: map[string]string{}}
 	if !reflect.DeepEqual(r.LoRA, wantL) {
 		t.Errorf("lora defaults\n got %+v\nwant %+v", r.LoRA, wantL)
 	}
@@ -254,5 +255,36 @@ func TestShippedRecipes(t *testing.T) {
 				t.Errorf("%s: validate: %v", name, err)
 			}
 		}
+	}
+}
+
+// PEFT's rank_pattern/alpha_pattern reach the adapter config; bad ones name the key.
+func TestLoRAPatterns(t *testing.T) {
+	r, err := Parse("/abs/r.yaml", []byte(minimal+"lora:\n  rank_pattern: {q_proj: 8, 'layers\\.1\\.mlp\\.down_proj': 4}\n  alpha_pattern: {v_proj: 64}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c := r.LoRAConfig()
+	if got, _, _, err := c.ModuleRank("model.layers.0.self_attn.q_proj"); err != nil || got != 8 {
+		t.Errorf("q_proj rank %d, want 8", got)
+	}
+	if got, _, _, err := c.ModuleRank("model.layers.1.mlp.down_proj"); err != nil || got != 4 {
+		t.Errorf("layer 1 down_proj rank %d, want 4", got)
+	}
+	if got, _, _, err := c.ModuleRank("model.layers.0.mlp.down_proj"); err != nil || got != 16 {
+		t.Errorf("layer 0 down_proj rank %d, want lora.r 16", got)
+	}
+	if len(c.AlphaPattern) != 1 || c.AlphaPattern[0].Key != "v_proj" {
+		t.Errorf("alpha pattern %+v", c.AlphaPattern)
+	}
+	bad, err := Parse("/abs/r.yaml", []byte(minimal+"lora:\n  rank_pattern: {q_proj: half}\n"))
+	if err == nil {
+		err = bad.Validate()
+	}
+	if err == nil || !strings.Contains(err.Error(), "lora.rank_pattern") {
+		t.Errorf("bad rank_pattern: %v", err)
 	}
 }

@@ -22,9 +22,13 @@ func (r *Recipe) LoRAConfig() lora.Config {
 	if len(r.LoRA.LayersToTransform) > 0 {
 		layers = append(layers, r.LoRA.LayersToTransform...)
 	}
+	// Validate has checked the patterns.
+	rp, _ := lora.ParsePatterns("rank_pattern", r.LoRA.RankPattern)
+	ap, _ := lora.ParsePatterns("alpha_pattern", r.LoRA.AlphaPattern)
 	return lora.Config{R: r.LoRA.R, Alpha: r.LoRA.Alpha, Dropout: r.LoRA.Dropout,
 		TargetModules: append([]string(nil), r.LoRA.TargetModules...), LayersToTransform: layers,
-		UseRSLoRA: r.LoRA.UseRSLoRA, UseDoRA: r.LoRA.UseDoRA, BaseModel: cmp.Or(r.Model.ID, r.Model.Path)}
+		UseRSLoRA: r.LoRA.UseRSLoRA, UseDoRA: r.LoRA.UseDoRA, BaseModel: cmp.Or(r.Model.ID, r.Model.Path),
+		RankPattern: rp, AlphaPattern: ap}
 }
 
 // TrainConfig is the recipe's train and output sections as train.Run takes
