@@ -7,7 +7,7 @@ FUZZTIME ?= 10s
 ORACLE   := testdata/oracle/node_modules/.installed
 LLAMACPP := bench/llamacpp/node_modules/.installed
 
-.PHONY: build test unit fuzz oracle llamacpp bench lint clean
+.PHONY: build test unit fuzz oracle llamacpp bench bench-scale lint clean kernels gpu-check
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tune
@@ -54,3 +54,16 @@ bench: build oracle llamacpp
 
 clean:
 	rm -rf bin
+
+# CUDA kernels: kernels.cu -> the committed, embedded PTX (needs nvcc: Debian's non-free
+# nvidia-cuda-toolkit 11.8). Only kernel authors run this; building tune never needs CUDA.
+kernels: kernels/cuda/kernels.ptx
+kernels/cuda/kernels.ptx: kernels/cuda/kernels.cu
+	nvcc -ptx -arch=compute_80 --fmad=false -O3 -o $@ $<
+
+# The GPU check: builds what the device machine runs (it has no Go), then run there, in one call,
+#   scripts/gpu-check.sh   with bin/tune and bin/cuda.test carried (see docs/GPU.md).
+gpu-check: build
+	CGO_ENABLED=0 $(GO) test -c -o bin/cuda.test ./kernels/cuda/
+	@echo 'on the device: scripts/gpu-check.sh (carry bin/tune bin/cuda.test); results go to docs/GPU.md'
+

@@ -42,20 +42,22 @@ func isGGUF(path string) bool {
 // the layout's loaders do) or a GGUF file (quantized matrices stay quantized,
 // mmapped, and are dequantized block by block as the matmuls read them).
 func loadModel(path, adapterDir string) (*model.Model, error) {
-	var (
-		m   *model.Model
-		err error
-	)
+	be, err := deviceBackend()
+	if err != nil {
+		return nil, err
+	}
+	lo := model.LoadOptions{Backend: be}
+	var m *model.Model
 	switch {
 	case isGGUF(path):
-		m, err = ggufmodel.LoadModel(path, model.LoadOptions{})
+		m, err = ggufmodel.LoadModel(path, lo)
 	case wq.IsQuantizedFolder(path):
-		m, err = wq.LoadModel(path, model.LoadOptions{})
+		m, err = wq.LoadModel(path, lo)
 	default:
 		if st, serr := os.Stat(path); serr == nil && !st.IsDir() {
 			return nil, fmt.Errorf("%s: not a model folder nor a GGUF file (no GGUF magic)", path)
 		}
-		m, err = model.Load(path, model.LoadOptions{})
+		m, err = model.Load(path, lo)
 	}
 	if err != nil {
 		return nil, err

@@ -74,6 +74,8 @@ quantizes to GGUF for llama.cpp and ollama (tune quantize) and measures every re
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &FlagError{Err: err}
 	})
+	addDeviceFlag(root)
+	root.AddCommand(newCmdEnv(f, nil))
 	root.AddCommand(newCmdDownload(f, nil))
 	root.AddCommand(newCmdExport(f))
 	root.AddCommand(newCmdImatrix(f, nil))
