@@ -106,7 +106,6 @@ func TestUpToDate(t *testing.T) {
 	}
 }
 
-
 func copyDir(t *testing.T, src, dst string) {
 	t.Helper()
 	os.MkdirAll(dst, 0o755)
