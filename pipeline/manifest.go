@@ -28,7 +28,7 @@ var ContentHashLimit int64 = 64 << 20
 // HashMethod is written into the manifest so that a reader knows what the
 // hashes mean.
 const HashMethod = "sha256 of the bytes for files up to 64 MiB; above, sha256 of (relative path, size, mtime in ns); " +
-	"a folder is sha256 of its sorted (relative path, file hash) list, validation.json excluded"
+	"a folder is sha256 of its sorted (relative path, file hash) list, validation.json and README.md (the model card) excluded"
 
 // ManifestName is the manifest's file name in the run folder.
 const ManifestName = "manifest.json"
@@ -174,7 +174,7 @@ func HashPath(path string) (string, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || d.Name() == "validation.json" || strings.HasPrefix(d.Name(), ".tmp") {
+		if d.IsDir() || d.Name() == "validation.json" || d.Name() == "README.md" || strings.HasPrefix(d.Name(), ".tmp") {
 			return nil
 		}
 		info, err := d.Info()
@@ -239,6 +239,13 @@ func writeAtomic(path string, b []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
 		return fmt.Errorf("pipeline: %w", err)
+	}
+	// CreateTemp makes 0600 files; the run's files are for every user (and
+	// the servers that read the artifacts' folders), like the artifacts.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("pipeline: %s: %w", path, err)
 	}
 	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()

@@ -140,6 +140,9 @@ func Run(ctx context.Context, r *recipes.Recipe, opts Options) (*Summary, error)
 	if err := p.writeReport(); err != nil {
 		return p.sum, err
 	}
+	if err := p.writeCards(); err != nil {
+		return p.sum, err
+	}
 	p.sum.Artifacts = man.Artifacts
 	p.sum.Pass = len(p.fail) == 0
 	if len(p.fail) > 0 {
