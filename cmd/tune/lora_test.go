@@ -385,4 +385,3 @@ func TestDoRAFineTuneMergeAndAdapterAgree(t *testing.T) {
 		t.Errorf("mean nll with --adapter %.8f, merged %.8f", a, m)
 	}
 }
-
