@@ -54,17 +54,23 @@ func newRootCmd(f *Factory) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "tune <command>",
 		Short: "Fine-tune, compress and evaluate open LLMs from Hugging Face model folders",
-		Long: `tune reads a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)
-and computes what transformers computes from it: tokens, logits, text, perplexity.
-It trains LoRA adapters on your dataset (tune lora), folds them in (tune merge),
-quantizes to GGUF for llama.cpp and ollama (tune quantize) and measures every result
-(tune eval). One static binary, no Python.`,
+		Long: `tune reads a Hugging Face model folder (config.json, *.safetensors, tokenizer.json),
+or a Hub id such as Qwen/Qwen3-8B, and computes what transformers computes from it: tokens,
+logits, text, perplexity. It trains LoRA adapters on your dataset (tune lora), folds them in
+(tune merge), quantizes to GGUF for llama.cpp and ollama or to INT8/INT4 safetensors for vLLM
+(tune quantize), measures every result (tune eval), and runs all of it from one recipe with
+validation gates and an HTML report (tune run). One binary, no Python.
+
+Start with the demo, on the model and data shipped in the repository (about 5 minutes on 2 cores):
+  tune lora --recipe recipes/legal.yaml      # then open runs/legal-micro/report.html`,
 		Example: `  tune inspect ./Qwen3-8B
-  echo "Hello" | tune tokenize --model ./Qwen3-8B
+  echo "Hello" | tune tokenize --model Qwen/Qwen3-8B
   tune generate --model ./Qwen3-8B --chat --prompt "Name three rivers."
   tune eval ppl --model ./Qwen3-8B --data wiki.test.txt --ctx 512
   tune lora --recipe recipes/legal.yaml
-  tune quantize --model ./merged --bits 4 --out qwen3-legal-q4_k_m.gguf`,
+  tune quantize --model ./merged --bits 4 --out qwen3-legal-q4_k_m.gguf
+  tune quantize --model ./merged --format safetensors --bits 4 --out qwen3-legal-int4
+  tune export ollama --model qwen3-legal-q4_k_m.gguf --base ./merged --out ollama/`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
