@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -314,7 +315,10 @@ func WriteModelCard(dir string, card Card) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, "README.md"), []byte(card.Markdown()))
+	if err := fsutil.WriteFile(filepath.Join(dir, "README.md"), []byte(card.Markdown())); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return nil
 }
 
 // BaseLicense returns the license (and license_link) of a model folder's

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -215,7 +216,10 @@ func WriteModelfile(dir string, m *Modelfile) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, "Modelfile"), []byte(m.String()))
+	if err := fsutil.WriteFile(filepath.Join(dir, "Modelfile"), []byte(m.String())); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return nil
 }
 
 // Command is one Modelfile instruction.
@@ -324,36 +328,6 @@ func advance(s string, nl int) string {
 		return ""
 	}
 	return s[nl+1:]
-}
-
-// writeFileAtomic writes path through a temporary file in the same folder.
-func writeFileAtomic(path string, data []byte) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err = os.Chmod(f.Name(), 0o644); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	return nil
 }
 
 // ollamaFuncs are the functions ollama's template package adds.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"io"
 	"os"
 	"path/filepath"
@@ -166,12 +167,12 @@ func MergeWith(baseDir, outDir string, a *Adapter, opts MergeOptions) error {
 		return err
 	}
 	for _, f := range filesToCopy {
-		if err := copyFile(filepath.Join(baseDir, f), filepath.Join(tmp, f)); err != nil {
-			return err
+		if err := fsutil.CopyFile(filepath.Join(baseDir, f), filepath.Join(tmp, f)); err != nil {
+			return fmt.Errorf("lora: merge: %w", err)
 		}
 	}
-	if err := publishDir(tmp, outDir); err != nil {
-		return err
+	if err := fsutil.PublishDir(tmp, outDir); err != nil {
+		return fmt.Errorf("lora: merge: %w", err)
 	}
 	published = true
 	return nil
@@ -282,60 +283,8 @@ func writeMergedConfig(baseDir, outDir string, dt safetensors.DType) error {
 	if err := enc.Encode(raw); err != nil {
 		return fmt.Errorf("lora: merge: config.json: %v", err)
 	}
-	return writeFileAtomic(filepath.Join(outDir, "config.json"), b.Bytes())
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	if err := fsutil.WriteFile(filepath.Join(outDir, "config.json"), b.Bytes()); err != nil {
 		return fmt.Errorf("lora: merge: %w", err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("lora: merge: %w", err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("lora: merge: copy %s: %w", src, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return fmt.Errorf("lora: merge: %w", err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("lora: merge: %w", err)
-	}
-	return nil
-}
-
-// publishDir renames the finished tmp folder to outDir. An existing outDir
-// (empty, or replaced under Force) is moved aside first and removed after.
-func publishDir(tmp, outDir string) error {
-	old := ""
-	if _, err := os.Lstat(outDir); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(outDir, old); err != nil {
-			return fmt.Errorf("lora: merge: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, outDir); err != nil {
-		if old != "" {
-			os.Rename(old, outDir)
-		}
-		return fmt.Errorf("lora: merge: %w", err)
-	}
-	if old != "" {
-		if err := os.RemoveAll(old); err != nil {
-			return fmt.Errorf("lora: merge: remove previous %s: %w", outDir, err)
-		}
-	}
-	if d, err := os.Open(filepath.Dir(filepath.Clean(outDir))); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

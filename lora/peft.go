@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"io"
 	"math"
 	"os"
@@ -146,36 +147,10 @@ func (a *Adapter) Save(dir string, dtype string) error {
 	if err != nil {
 		return fmt.Errorf("lora: save %s: %w", ConfigFile, err)
 	}
-	return writeFileAtomic(filepath.Join(dir, ConfigFile), js)
-}
-
-// writeFileAtomic writes data to a temporary file next to path, fsyncs it
-// and renames it over path.
-func writeFileAtomic(path string, data []byte) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := fsutil.WriteFile(filepath.Join(dir, ConfigFile), js); err != nil {
 		return fmt.Errorf("lora: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			err = fmt.Errorf("lora: write %s: %w", path, err)
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return nil
 }
 
 // LoadConfig reads a PEFT adapter_config.json into a Config, refusing the

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"io"
 	"io/fs"
 	"maps"
@@ -236,28 +237,7 @@ func writeJSON(path string, v any) error {
 }
 
 func writeAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("pipeline: %w", err)
-	}
-	// CreateTemp makes 0600 files; the run's files are for every user (and
-	// the servers that read the artifacts' folders), like the artifacts.
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return fmt.Errorf("pipeline: %s: %w", path, err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return fmt.Errorf("pipeline: %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("pipeline: %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := fsutil.WriteFile(path, b); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	return nil

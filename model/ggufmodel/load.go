@@ -16,6 +16,7 @@ package ggufmodel
 
 import (
 	"fmt"
+	"github.com/tunellm/tune/internal/mmap"
 	"os"
 
 	"github.com/tunellm/tune/model"
@@ -106,7 +107,7 @@ func open(path string) (*file, error) {
 		gf.Close()
 		return nil, fmt.Errorf("ggufmodel: %s: empty file", path)
 	}
-	data, err := mapFile(fd, st.Size())
+	data, err := mmap.Map(fd, st.Size())
 	if err != nil {
 		gf.Close()
 		return nil, fmt.Errorf("ggufmodel: %s: %w", path, err)
@@ -118,7 +119,7 @@ func open(path string) (*file, error) {
 func (f *file) Close() error {
 	err := f.gf.Close()
 	if f.data != nil {
-		if e := unmapFile(f.data); err == nil {
+		if e := mmap.Unmap(f.data); err == nil {
 			err = e
 		}
 		f.data = nil

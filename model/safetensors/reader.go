@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/mmap"
 	"io"
 	"os"
 	"path/filepath"
@@ -149,7 +150,7 @@ func openFile(path string) (_ *mappedFile, err error) {
 	}
 	mf := &mappedFile{path: path, hdr: hdr}
 	if dataSize > 0 {
-		if mf.mem, err = mapFile(f, size); err != nil {
+		if mf.mem, err = mmap.Map(f, size); err != nil {
 			return nil, err
 		}
 		mf.data = mf.mem[8+n:]
@@ -284,7 +285,7 @@ func (r *Reader) Close() error {
 	var first error
 	for _, f := range r.files {
 		if f.mem != nil {
-			if err := unmapFile(f.mem); err != nil && first == nil {
+			if err := mmap.Unmap(f.mem); err != nil && first == nil {
 				first = fmt.Errorf("safetensors: %s: munmap: %w", f.path, err)
 			}
 			f.mem, f.data = nil, nil

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tunellm/tune/internal/fsutil"
 	"io"
 	"os"
 	"path/filepath"
@@ -220,12 +221,12 @@ func (w *Writer) Close() (err error) {
 		return err
 	}
 	for _, f := range filesToCopy {
-		if err := copyFile(filepath.Join(w.src, f), filepath.Join(w.tmp, f)); err != nil {
-			return err
+		if err := fsutil.CopyFile(filepath.Join(w.src, f), filepath.Join(w.tmp, f)); err != nil {
+			return fmt.Errorf("wq: %w", err)
 		}
 	}
-	if err := publishDir(w.tmp, w.out); err != nil {
-		return err
+	if err := fsutil.PublishDir(w.tmp, w.out); err != nil {
+		return fmt.Errorf("wq: %w", err)
 	}
 	w.tmp = ""
 	return nil
@@ -340,55 +341,4 @@ func (w *Writer) writeConfig() error {
 		return fmt.Errorf("wq: config.json: %v", err)
 	}
 	return os.WriteFile(filepath.Join(w.tmp, "config.json"), buf.Bytes(), 0o644)
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("wq: %w", err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("wq: %w", err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("wq: copy %s: %w", src, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return fmt.Errorf("wq: %w", err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("wq: %w", err)
-	}
-	return nil
-}
-
-// publishDir renames the finished tmp folder to outDir; an existing outDir
-// is moved aside first and removed after.
-func publishDir(tmp, outDir string) error {
-	old := ""
-	if _, err := os.Lstat(outDir); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(outDir, old); err != nil {
-			return fmt.Errorf("wq: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, outDir); err != nil {
-		if old != "" {
-			os.Rename(old, outDir)
-		}
-		return fmt.Errorf("wq: %w", err)
-	}
-	if old != "" {
-		if err := os.RemoveAll(old); err != nil {
-			return fmt.Errorf("wq: remove replaced %s: %w", outDir, err)
-		}
-	}
-	return nil
 }

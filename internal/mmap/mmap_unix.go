@@ -1,6 +1,6 @@
 //go:build linux || darwin
 
-package safetensors
+package mmap
 
 import (
 	"fmt"
@@ -8,10 +8,10 @@ import (
 	"syscall"
 )
 
-// mapFile maps size bytes of f read-only. PROT_READ makes a stray write
+// Map maps size bytes of f read-only. PROT_READ makes a stray write
 // to Tensor.Data fault instead of silently corrupting the weights (or, with
 // MAP_SHARED, the file). size must be > 0: mmap rejects length 0.
-func mapFile(f *os.File, size int64) ([]byte, error) {
+func Map(f *os.File, size int64) ([]byte, error) {
 	if int64(int(size)) != size {
 		return nil, fmt.Errorf("file of %d bytes too large to map on this platform", size)
 	}
@@ -22,4 +22,4 @@ func mapFile(f *os.File, size int64) ([]byte, error) {
 	return b, nil
 }
 
-func unmapFile(b []byte) error { return syscall.Munmap(b) }
+func Unmap(b []byte) error { return syscall.Munmap(b) }

@@ -1,6 +1,6 @@
 //go:build !linux && !darwin
 
-package safetensors
+package mmap
 
 import (
 	"fmt"
@@ -8,10 +8,10 @@ import (
 	"os"
 )
 
-// mapFile reads the file into memory where we do not map files (Windows and
+// Map reads the file into memory where we do not map files (Windows and
 // others): simpler than a second mapping API, at the cost of RAM, and the
 // data is writable there, so callers must treat it as read-only by contract.
-func mapFile(f *os.File, size int64) ([]byte, error) {
+func Map(f *os.File, size int64) ([]byte, error) {
 	if int64(int(size)) != size {
 		return nil, fmt.Errorf("file of %d bytes too large to read on this platform", size)
 	}
@@ -22,4 +22,4 @@ func mapFile(f *os.File, size int64) ([]byte, error) {
 	return b, nil
 }
 
-func unmapFile(b []byte) error { return nil }
+func Unmap(b []byte) error { return nil }
