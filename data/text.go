@@ -55,6 +55,24 @@ func ReadTexts(path, column string, fn func(text string) error) error {
 	return fmt.Errorf("data: %s: unsupported file extension %q (supported: %s)", path, ext, strings.Join(TextFormats, ", "))
 }
 
+// JoinTexts reads every text of a corpus file (ReadTexts) and joins them
+// with a blank line between rows: the one stream perplexity windows,
+// calibration windows and importance matrices are cut from, as
+// llama-perplexity reads a text file.
+func JoinTexts(path, column string) (string, error) {
+	var sb strings.Builder
+	rows := 0
+	err := ReadTexts(path, column, func(s string) error {
+		if rows > 0 {
+			sb.WriteString("\n\n")
+		}
+		sb.WriteString(s)
+		rows++
+		return nil
+	})
+	return sb.String(), err
+}
+
 func readJSONL(r io.Reader, path, column string, fn func(string) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<20), 1<<30)

@@ -104,20 +104,11 @@ func (v *validator) tokens(path string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sb strings.Builder
-	rows := 0
-	err = data.ReadTexts(path, "text", func(s string) error {
-		if rows > 0 {
-			sb.WriteString("\n\n")
-		}
-		sb.WriteString(s)
-		rows++
-		return nil
-	})
+	text, err := data.JoinTexts(path, "text")
 	if err != nil {
 		return nil, err
 	}
-	return tok.Encode(sb.String(), true), nil
+	return tok.Encode(text, true), nil
 }
 
 // model returns the model called key: base, base+adapter, merged, model

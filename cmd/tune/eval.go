@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -92,20 +91,11 @@ func evalPPLRun(opts *EvalPPLOptions) error {
 	if err != nil {
 		return err
 	}
-	var sb strings.Builder
-	rows := 0
-	err = data.ReadTexts(opts.Data, opts.Column, func(s string) error {
-		if rows > 0 {
-			sb.WriteString("\n\n")
-		}
-		sb.WriteString(s)
-		rows++
-		return nil
-	})
+	text, err := data.JoinTexts(opts.Data, opts.Column)
 	if err != nil {
 		return err
 	}
-	ids := tok.Encode(sb.String(), true)
+	ids := tok.Encode(text, true)
 	if opts.MaxTokens > 0 && len(ids) > opts.MaxTokens {
 		ids = ids[:opts.MaxTokens]
 	}

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -106,20 +105,11 @@ func imatrixRun(opts *ImatrixOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	var sb strings.Builder
-	rows := 0
-	err = data.ReadTexts(opts.Data, opts.Column, func(s string) error {
-		if rows > 0 {
-			sb.WriteString("\n\n")
-		}
-		sb.WriteString(s)
-		rows++
-		return nil
-	})
+	text, err := data.JoinTexts(opts.Data, opts.Column)
 	if err != nil {
 		return err
 	}
-	ids := tok.Encode(sb.String(), true)
+	ids := tok.Encode(text, true)
 	bos := -1
 	if id, ok := tok.BOS(); ok && tok.AddsBOS() {
 		bos = id

@@ -328,20 +328,11 @@ func calibSequences(opts *QuantizeOptions) ([][]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sb strings.Builder
-	rows := 0
-	err = data.ReadTexts(opts.Calib, "text", func(s string) error {
-		if rows > 0 {
-			sb.WriteString("\n\n")
-		}
-		sb.WriteString(s)
-		rows++
-		return nil
-	})
+	text, err := data.JoinTexts(opts.Calib, "text")
 	if err != nil {
 		return nil, err
 	}
-	ids := tok.Encode(sb.String(), true)
+	ids := tok.Encode(text, true)
 	var seqs [][]int
 	for i := 0; i+opts.CalibLen <= len(ids) && len(seqs) < opts.CalibSamples; i += opts.CalibLen {
 		seqs = append(seqs, ids[i:i+opts.CalibLen])
