@@ -47,6 +47,7 @@ func main() {
 
 	var rows []row
 	rows = append(rows, tokenizerBench(tmp)...)
+	rows = append(rows, gemmBench(tmp)...)
 	rows = append(rows, forwardBench(tmp)...)
 	rows = append(rows, quantBench(tmp)...)
 	rows = append(rows, loraBench(tmp)...)
@@ -89,6 +90,9 @@ How each number is taken:
   llama.cpp: bench/llamacpp/bench.mjs (pp512 and single-token steps at context 64..192, F16 KV cache), the
   same weights in F32. Medians of the repetitions.
 - Peak RSS: getrusage max RSS of the tune generate run, against the BF16 weight bytes it maps.
+- GEMM: kernels/cpu BenchmarkGEMMF32 (out = in·Wᵀ, fp32 weights, all threads) against bench/gemm_numpy.py
+  (numpy a @ b.T, float32, on Debian's OpenBLAS (openmp) unpacked for the run, best of 3). The peak assumes
+  32 fp32 FLOP per cycle per core at /proc/cpuinfo's clock.
 - Quantization: ` + "`tune quantize --json`" + ` on the BF16 bench-qwen3-small folder (input MB/s; peak RSS of the process, which
   includes the pages of the memory-mapped input it has read). llama-quantize itself is not available here (node-llama-cpp
   ships no tools), so these are absolute numbers. Quantized inference: ` + "`tune generate --stats`" + ` on the Q8_0 and
@@ -269,16 +273,7 @@ func loraBench(tmp string) []row {
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
 		fail("the PyTorch anchor needs /usr/bin/python3 with torch: apt-get install python3-torch")
 	}
-	blas := filepath.Join(tmp, "openblas")
-	env := os.Environ()
-	if debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb")); len(debs) == 0 {
-		runIn(tmp, "apt-get", "download", "libopenblas0-openmp")
-	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb"))
-	if len(debs) == 1 {
-		run("dpkg", "-x", debs[0], blas)
-		env = append(env, "LD_LIBRARY_PATH="+filepath.Join(blas, "usr/lib/x86_64-linux-gnu/openblas-openmp"))
-	}
+	env := openblasEnv(tmp)
 	torch := map[string][2]float64{}
 	for _, dt := range []string{"float32", "bfloat16"} {
 		c := exec.Command("/usr/bin/python3", "testdata/gen/lora_bench.py", "--threads", strconv.Itoa(*threads), "--dtype", dt)
@@ -304,6 +299,73 @@ func loraBench(tmp string) []row {
 		{name: name + ", gradient checkpointing", unit: "MB activations", anchorName: "(absolute)", tune: tune["checkpointing"][1]},
 		{name: name + ", peak RSS", unit: "MB", anchorName: "PyTorch bf16 peak RSS", tune: rss, anchor: torch["bfloat16"][1]},
 	}
+}
+
+// openblasEnv is the environment that makes Debian's numpy and torch use
+// OpenBLAS (unpacked from Debian's package into tmp, once) instead of the
+// reference BLAS they call by default (~50x slower).
+func openblasEnv(tmp string) []string {
+	blas := filepath.Join(tmp, "openblas")
+	env := os.Environ()
+	if debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb")); len(debs) == 0 {
+		runIn(tmp, "apt-get", "download", "libopenblas0-openmp")
+	}
+	debs, _ := filepath.Glob(filepath.Join(tmp, "libopenblas0-openmp_*.deb"))
+	if len(debs) == 1 {
+		if _, err := os.Stat(blas); err != nil {
+			run("dpkg", "-x", debs[0], blas)
+		}
+		env = append(env, "LD_LIBRARY_PATH="+filepath.Join(blas, "usr/lib/x86_64-linux-gnu/openblas-openmp"),
+			"OMP_NUM_THREADS="+strconv.Itoa(*threads), "OPENBLAS_NUM_THREADS="+strconv.Itoa(*threads))
+	}
+	return env
+}
+
+// gemmBench: square fp32 GEMM, tune's packed GEMM (kernels/cpu
+// BenchmarkGEMMF32) against numpy on OpenBLAS, and both as a fraction of the
+// machine's peak.
+func gemmBench(tmp string) []row {
+	o := run("go", "test", "-count=1", "-run", "^$", "-bench", "GEMMF32", "-cpu", strconv.Itoa(*threads), "./kernels/cpu/")
+	re := regexp.MustCompile(`BenchmarkGEMMF32/(N\d+)\S*\s.*?([0-9.]+) GFLOP/s`)
+	tune := map[string]float64{}
+	for _, m := range re.FindAllStringSubmatch(o, -1) {
+		tune[m[1]], _ = strconv.ParseFloat(m[2], 64)
+	}
+	c := exec.Command("/usr/bin/python3", "bench/gemm_numpy.py")
+	c.Env = openblasEnv(tmp)
+	var po, pe bytes.Buffer
+	c.Stdout, c.Stderr = &po, &pe
+	if err := c.Run(); err != nil {
+		fail("gemm_numpy.py: %v\n%s", err, pe.String())
+	}
+	var np map[string]float64
+	check(json.Unmarshal([]byte(lastLine(po.String())), &np))
+	peak := machinePeak()
+	var rows []row
+	for _, n := range []string{"N512", "N1024", "N2048", "N4096"} {
+		rows = append(rows, row{name: "fp32 GEMM " + n[1:] + "x" + n[1:] + "x" + n[1:], unit: "GFLOP/s", anchorName: "numpy on OpenBLAS", tune: tune[n], anchor: np[n]})
+	}
+	if peak > 0 {
+		rows = append(rows, row{name: "fp32 GEMM 4096, fraction of the machine's peak (" + fmtNum(peak) + " GFLOP/s)", unit: "GFLOP/s", anchorName: "peak: cores x 32 FLOP/cycle x clock", tune: tune["N4096"], anchor: peak},
+			row{name: "numpy/OpenBLAS GEMM 4096, fraction of the same peak", unit: "GFLOP/s", anchorName: "peak", tune: np["N4096"], anchor: peak})
+	}
+	return rows
+}
+
+// machinePeak is cores x FLOP per cycle x clock in GFLOP/s, with 32 fp32
+// FLOP per cycle per core: two 256-bit FMA pipes (Zen 4 runs AVX-512 on
+// them; Intel cores with two 512-bit FMA units would double it).
+func machinePeak() float64 {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`cpu MHz\s*:\s*([0-9.]+)`).FindSubmatch(b)
+	if m == nil {
+		return 0
+	}
+	mhz, _ := strconv.ParseFloat(string(m[1]), 64)
+	return float64(*threads) * 32 * mhz / 1e3
 }
 
 // dataBench runs bench/data_pipeline.go: a synthetic chat JSONL through

@@ -469,6 +469,26 @@ func BenchmarkMatMul(b *testing.B) {
 	}
 }
 
+// BenchmarkGEMMF32 is the square fp32 GEMM out[N,N] = in[N,N]·W[N,N]ᵀ that
+// make bench compares with numpy on OpenBLAS (bench/gemm_numpy.py).
+func BenchmarkGEMMF32(b *testing.B) {
+	for _, n := range []int{512, 1024, 2048, 4096} {
+		b.Run(fmt.Sprintf("N%d", n), func(b *testing.B) {
+			be := New(0)
+			r := rand.New(rand.NewPCG(1, 1))
+			in := randVec(r, n*n, 1)
+			wdata, _ := encode(randVec(r, n*n, 1), kernels.F32)
+			w := kernels.Weight{DType: kernels.F32, Data: wdata, Rows: n, Cols: n}
+			out := make([]float32, n*n)
+			b.ResetTimer()
+			for b.Loop() {
+				be.MatMulForward(out, in, w, nil, n)
+			}
+			b.ReportMetric(2*float64(n)*float64(n)*float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
 // TestConvertRowExhaustive decodes every 16-bit pattern through convertRow
 // (the AVX2 path on amd64, pure Go with -tags noasm) against the float64
 // references.
