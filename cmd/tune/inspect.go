@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tunellm/tune/quantize/wq"
 	"io"
 	"os"
 	"path/filepath"
@@ -71,6 +72,7 @@ type inspectReport struct {
 	Parameters   int64             `json:"parameters"`
 	TotalBytes   int64             `json:"total_bytes"`
 	Metadata     map[string]string `json:"metadata,omitempty"`
+	Quantization string            `json:"quantization,omitempty"` // a GPTQ / compressed-tensors folder's scheme
 	Adapter      map[string]any    `json:"adapter,omitempty"`
 	Modelfile    *inspectModelfile `json:"modelfile,omitempty"`
 	Tensors      []inspectTensor   `json:"tensors"`
@@ -109,6 +111,9 @@ func inspectRun(opts *InspectOptions) error {
 		fmt.Fprintf(w, "architecture: %s (model_type %s)\n", rep.Architecture, rep.ModelType)
 	case rep.Architecture != "":
 		fmt.Fprintf(w, "architecture: %s\n", rep.Architecture)
+	}
+	if rep.Quantization != "" {
+		fmt.Fprintf(w, "quantization: %s\n", rep.Quantization)
 	}
 	if rep.Modelfile != nil {
 		return printModelfile(w, rep)
@@ -190,6 +195,13 @@ func inspectPath(path string) (*inspectReport, error) {
 			}
 			rep.ModelType = cfg.ModelType
 			rep.Architecture = strings.Join(cfg.Architectures, ",")
+			if wq.IsQuantizedFolder(path) {
+				qc, err := wq.ParseQuantizationConfig(b)
+				if err != nil {
+					return nil, fmt.Errorf("inspect: %s: %v", filepath.Join(path, "config.json"), err)
+				}
+				rep.Quantization = fmt.Sprintf("%s, %s layout (the I32 tensors pack the codes: parameters below count packed words)", qc.Scheme, qc.Layout)
+			}
 		}
 	}
 	r, err := safetensors.Open(weights)

@@ -235,3 +235,21 @@ func TestQuantizeGGUFInputAndImatrix(t *testing.T) {
 		t.Error("output written despite the error")
 	}
 }
+
+// tune inspect names a quantized folder's scheme and layout.
+func TestInspectQuantizedFolder(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "int8")
+	if _, _, err := runCLI(t, "", "quantize", "--model", modelDir("qwen3-tied"), "--format", "safetensors", "--bits", "8", "--out", out); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := runCLI(t, "", "inspect", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(got, "quantization: int8 per-channel sym, compressed-tensors layout") {
+		t.Errorf("inspect:\n%s", got)
+	}
+	if _, err := os.Stat(filepath.Join(out, "README.md")); err != nil {
+		t.Errorf("no model card: %v", err)
+	}
+}
