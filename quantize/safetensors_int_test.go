@@ -13,10 +13,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/eval"
 	_ "github.com/tunellm/tune/kernels/cpu"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/model/safetensors"
 	"github.com/tunellm/tune/quantize/wq"
+	"github.com/tunellm/tune/tokenizer"
 )
 
 // wqCase is one scheme and layout the golden file covers.
@@ -407,5 +410,86 @@ func TestQuantizeSafetensorsSharded(t *testing.T) {
 				t.Fatalf("position %d logit %d: %v sharded, %v single file", p, j, logits[1][p][j], logits[0][p][j])
 			}
 		}
+	}
+}
+
+// TestGPTQBeatsRTNPerplexity: on tune's trained demo model, INT4 per-channel
+// GPTQ (calibrated on the legal training chats) keeps held-out legal
+// perplexity closer to the BF16 model's than round-to-nearest does. Measured:
+// base 598.8, RTN 606.4 (+1.3%), GPTQ about 599.7 (+0.1%).
+func TestGPTQBeatsRTNPerplexity(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	root := filepath.Join("..")
+	modelDir := filepath.Join(root, "models", "micro-qwen3")
+	tok, err := tokenizer.Load(modelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Calibration: the assistant turns of the training chats, disjoint from
+	// the held-out passages.
+	src, err := data.Open(filepath.Join(root, "data", "legal", "train.parquet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	err = src.Rows([]string{"messages"}, func(_ data.RowRef, row data.Row) error {
+		msgs, _ := row["messages"].([]any)
+		for _, m := range msgs {
+			if mm, ok := m.(map[string]any); ok && mm["role"] == "assistant" {
+				sb.WriteString(fmt.Sprint(mm["content"]))
+				sb.WriteString("\n\n")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := tok.Encode(sb.String(), false)
+	var calib [][]int
+	for i := 0; i+256 <= len(ids) && len(calib) < 32; i += 256 {
+		calib = append(calib, ids[i:i+256])
+	}
+	text, err := data.JoinTexts(filepath.Join(root, "data", "legal", "heldout.parquet"), "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := tok.Encode(text, true)
+	ppl := func(dir string, quantized bool) float64 {
+		var m *model.Model
+		var err error
+		if quantized {
+			m, err = wq.LoadModel(dir, model.LoadOptions{})
+		} else {
+			m, err = model.Load(dir, model.LoadOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		r, err := eval.Perplexity(m, held, 256, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.PPL
+	}
+	base := ppl(modelDir, false)
+	got := map[string]float64{}
+	for _, method := range []string{"rtn", "gptq"} {
+		out := filepath.Join(t.TempDir(), method)
+		opts := IntOptions{Bits: 4, GroupSize: -1, Sym: true, Layout: "gptq", Method: method}
+		if method == "gptq" {
+			opts.Calib = calib
+		}
+		if _, err := QuantizeSafetensors(modelDir, out, opts); err != nil {
+			t.Fatal(err)
+		}
+		got[method] = ppl(out, true)
+	}
+	t.Logf("held-out perplexity: base %.2f, int4 per-channel RTN %.2f, GPTQ %.2f", base, got["rtn"], got["gptq"])
+	if !(math.Abs(got["gptq"]-base) < 0.5*math.Abs(got["rtn"]-base)) {
+		t.Errorf("GPTQ's perplexity %.2f is not clearly closer to the base's %.2f than RTN's %.2f", got["gptq"], base, got["rtn"])
 	}
 }
