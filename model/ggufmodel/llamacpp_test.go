@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tunellm/tune/data"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/quantize"
 )
@@ -121,3 +122,85 @@ func TestLlamaCppQuantized(t *testing.T) {
 		}
 	}
 }
+
+// TestLlamaCppPerplexityDemo: on tune's trained demo model, the perplexity
+// llama.cpp computes from its own logits on our quantized GGUF files equals
+// ours on the same files within llamaCppPPLTol (llama.cpp rounds activations
+// to 8 bits inside its quantized dot products; F32 must agree to 1e-5).
+func TestLlamaCppPerplexityDemo(t *testing.T) {
+	dir := llamaCppDir(t)
+	src := filepath.Join("..", "..", "models", "micro-qwen3")
+	if _, err := model.LoadConfig(src); err != nil {
+		t.Fatal(err)
+	}
+	// The first 256 tokens of the demo's held-out licence passages.
+	text, err := data.JoinTexts(filepath.Join("..", "..", "data", "legal", "heldout.parquet"), "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"F32", "Q8_0", "Q4_K_M"} {
+		t.Run(typ, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "m.gguf")
+			if _, err := quantize.QuantizeGGUF(src, path, quantize.GGUFOptions{Type: typ}); err != nil {
+				t.Fatal(err)
+			}
+			m, tk, err := Load(path, model.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			ids := tk.Encode(string(text), true)
+			if len(ids) > 256 {
+				ids = ids[:256]
+			}
+			ours := logits(t, m, ids)
+			args := []string{"logits.mjs", path, "--all"}
+			for _, id := range ids {
+				args = append(args, fmt.Sprint(id))
+			}
+			cmd := exec.Command("node", args...)
+			cmd.Dir = dir
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("node logits.mjs: %v\n%s", err, stderr.String())
+			}
+			var got struct {
+				Logits [][]float64 `json:"logits"`
+			}
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatal(err)
+			}
+			V := m.Config.Vocab
+			nll := func(row func(v int) float64, target int) float64 {
+				mx := math.Inf(-1)
+				for v := 0; v < V; v++ {
+					mx = max(mx, row(v))
+				}
+				var s float64
+				for v := 0; v < V; v++ {
+					s += math.Exp(row(v) - mx)
+				}
+				return mx + math.Log(s) - row(target)
+			}
+			var a, b float64
+			for p := 0; p+1 < len(ids); p++ {
+				a += nll(func(v int) float64 { return float64(ours[p*V+v]) }, ids[p+1])
+				b += nll(func(v int) float64 { return got.Logits[p][v] }, ids[p+1])
+			}
+			n := float64(len(ids) - 1)
+			pa, pb := math.Exp(a/n), math.Exp(b/n)
+			rel := math.Abs(pa-pb) / pb
+			t.Logf("%s: perplexity over %d tokens: tune %.4f, llama.cpp %.4f (relative difference %.2g)", typ, len(ids)-1, pa, pb, rel)
+			if !(rel <= llamaCppPPLTol[typ]) {
+				t.Errorf("perplexity differs by %.3g relative, more than %g", rel, llamaCppPPLTol[typ])
+			}
+		})
+	}
+}
+
+// llamaCppPPLTol bounds |ppl(tune) - ppl(llama.cpp)| / ppl(llama.cpp) on the
+// demo model (measured values in TestLlamaCppPerplexityDemo's log).
+// Measured on the first 256 held-out tokens: F32 1.9e-7, Q8_0 9.0e-4, Q4_K_M 5.4e-4.
+var llamaCppPPLTol = map[string]float64{"F32": 1e-5, "Q8_0": 0.003, "Q4_K_M": 0.003}
