@@ -31,14 +31,19 @@ const (
 	Q4_K
 	Q5_K
 	Q6_K
+	// NF4 is bitsandbytes' 4-bit NormalFloat with double-quantized absmax
+	// (QLoRA), in blocks of 64; the in-memory layout is qblock.NF4Format
+	// (36 bytes per block). It has no GGUF type id: it exists only in memory,
+	// for a frozen base quantized at load time (model.QuantizeBase).
+	NF4
 	numDTypes
 )
 
 var dtypeNames = map[DType]string{F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_1: "Q4_1",
-	Q5_0: "Q5_0", Q5_1: "Q5_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
+	Q5_0: "Q5_0", Q5_1: "Q5_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", NF4: "NF4"}
 
 // DTypes lists every dtype in order.
-var DTypes = []DType{F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K}
+var DTypes = []DType{F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, NF4}
 
 // Size is the element size in bytes of a float type, 0 for a block type
 // (use RowBytes).
@@ -73,6 +78,9 @@ func (d DType) Block() (elems, bytes int, ok bool) {
 func (d DType) Format() qblock.Format {
 	if !d.Quantized() {
 		return qblock.Format{}
+	}
+	if d == NF4 {
+		return qblock.NF4Format
 	}
 	f, _ := qblock.ByName(d.String())
 	return f

@@ -50,6 +50,7 @@ var keys = []key{
 	{"lora.alpha_pattern", "map", "{}", "module regex -> alpha over lora.alpha (PEFT alpha_pattern)", func(r *Recipe) any { return &r.LoRA.AlphaPattern }},
 	{"lora.use_dora", "bool", "false", "weight-decomposed LoRA (DoRA, PEFT use_dora): a trained magnitude per output row", func(r *Recipe) any { return &r.LoRA.UseDoRA }},
 	{"lora.init_adapter", "path", "", "continue training from this PEFT adapter folder", func(r *Recipe) any { return &r.LoRA.InitAdapter }},
+	{"lora.base_quant", "string", "none", "QLoRA: store the frozen base's linear layers quantized (nf4: bitsandbytes NF4 with double quantization; q4_k, q8_0: GGUF blocks), dequantized inside the matmuls", func(r *Recipe) any { return &r.LoRA.BaseQuant }},
 
 	{"train.mode", "string", "lora", "lora (train an adapter) or full (train every weight)", func(r *Recipe) any { return &r.Train.Mode }},
 	{"train.epochs", "int", "1", "passes over the training data (ignored when max_steps > 0)", func(r *Recipe) any { return &r.Train.Epochs }},

@@ -102,6 +102,7 @@ type LoRASection struct {
 	InitAdapter       string
 	RankPattern       map[string]string // PEFT rank_pattern: module regex -> rank
 	AlphaPattern      map[string]string // PEFT alpha_pattern: module regex -> alpha
+	BaseQuant         string            // none, nf4, q4_k, q8_0: the frozen base's linears quantized at load (QLoRA)
 }
 
 // TrainSection is `train:`.
@@ -331,6 +332,7 @@ func (r *Recipe) Validate() error {
 		oneOf("dataset.format", r.Dataset.Format, "chat", "instruction", "completion", "text"),
 		oneOf("dataset.train_on", r.Dataset.TrainOn, "assistant", "all"),
 		oneOf("train.mode", t.Mode, "lora", "full"),
+		oneOf("lora.base_quant", r.LoRA.BaseQuant, "none", "nf4", "q4_k", "q8_0"),
 		oneOf("train.schedule", t.Schedule, "constant", "linear", "cosine"),
 		oneOf("output.dtype", r.Output.DType, "f32", "bf16", "f16"),
 		positive("lora.r", r.LoRA.R),
@@ -398,6 +400,12 @@ func (r *Recipe) Validate() error {
 	}
 	if len(r.LoRA.TargetModules) == 0 {
 		return r.errorf("lora.target_modules", "empty: name modules (q_proj, v_proj, ...) or all-linear")
+	}
+	if r.LoRA.BaseQuant != "none" && t.Mode == "full" {
+		return r.errorf("lora.base_quant", "%s with train.mode full: full training updates the base weights, which cannot stay quantized (use train.mode lora)", r.LoRA.BaseQuant)
+	}
+	if r.LoRA.BaseQuant != "none" && r.LoRA.UseDoRA {
+		return r.errorf("lora.base_quant", "%s with lora.use_dora: DoRA reads the base weight rows, supported on a bf16/f16/f32 base only", r.LoRA.BaseQuant)
 	}
 	if t.Mode == "full" && r.LoRA.InitAdapter != "" {
 		return r.errorf("lora.init_adapter", "set with train.mode full: an adapter only continues a LoRA run")

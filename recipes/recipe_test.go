@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("train defaults\n got %+v\nwant %+v", r.Train, want)
 	}
 	wantL := LoRASection{R: 16, Alpha: 32, Dropout: 0.05, TargetModules: []string{"all-linear"}, LayersToTransform: []int{},
-		RankPattern: map[string]string{}, AlphaPattern: map[string]string{}}
+		RankPattern: map[string]string{}, AlphaPattern: map[string]string{}, BaseQuant: "none"}
 	if !reflect.DeepEqual(r.LoRA, wantL) {
 		t.Errorf("lora defaults\n got %+v\nwant %+v", r.LoRA, wantL)
 	}

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/lora"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/model/safetensors"
+	"github.com/tunellm/tune/quantize"
 	"github.com/tunellm/tune/tokenizer"
 	"github.com/tunellm/tune/train"
 )
@@ -140,6 +143,12 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 	if err != nil {
 		return fail(err)
 	}
+	var baseDense, baseQuant int64
+	if bq := r.LoRA.BaseQuant; bq != "none" && !full {
+		if baseDense, baseQuant, err = quantizeBase(j.m, bq, opts.DryRun); err != nil {
+			return fail(err)
+		}
+	}
 	popts := model.TrainOptions{Checkpointing: r.Train.GradientCheckpointing, LossChunk: r.Train.LossChunk}
 	var act int64
 	switch {
@@ -166,6 +175,9 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 		j.run, act = l, l.Pass.ActivationBytes()
 	}
 	j.plan.Memory = train.EstimateMemory(weights, act, trainable)
+	if baseQuant > 0 {
+		j.plan.Memory = j.plan.Memory.WithQuantizedBase(r.LoRA.BaseQuant, baseDense, baseQuant)
+	}
 	if avail, ok := train.AvailableMemory(); ok && !opts.DryRun {
 		if err := j.plan.Memory.Check(avail); err != nil {
 			return fail(err)
@@ -234,4 +246,33 @@ func weightBytes(dir string) (bytes, params int64, err error) {
 		params += int64(t.NumElements())
 	}
 	return bytes, params, nil
+}
+
+// baseQuantDTypes maps lora.base_quant to the in-memory dtype of the base's
+// linear layers.
+var baseQuantDTypes = map[string]kernels.DType{"nf4": kernels.NF4, "q4_k": kernels.Q4_K, "q8_0": kernels.Q8_0}
+
+// quantizeBase quantizes m's decoder linears as mode (QLoRA; a dry run only
+// sizes them) and returns their bytes before and after.
+func quantizeBase(m *model.Model, mode string, dryRun bool) (dense, quant int64, err error) {
+	dt := baseQuantDTypes[mode]
+	dense, quant = m.BaseLinearBytes(), m.BaseLinearBytesAs(dt)
+	if quant < 0 {
+		e, _, _ := dt.Block()
+		return 0, 0, fmt.Errorf("recipes: lora.base_quant %s: the model's linear layers have a width that is not a multiple of the %v block size %d (use nf4 or q8_0)", mode, dt, e)
+	}
+	if dryRun {
+		return dense, quant, nil
+	}
+	q := func(dt kernels.DType, dst []byte, src []float32, rows, cols int) error {
+		gt, err := quantize.ParseType(dt.String())
+		if err != nil {
+			return err
+		}
+		return quantize.Quantize(gt, dst, src, nil)
+	}
+	if err := m.QuantizeBase(dt, runtime.NumCPU(), q); err != nil {
+		return 0, 0, fmt.Errorf("recipes: lora.base_quant %s: %w", mode, err)
+	}
+	return dense, m.BaseLinearBytes(), nil
 }

@@ -13,6 +13,12 @@ type MemoryEstimate struct {
 	Activations int64 `json:"activations"` // the training pass's slabs (activations, their grads, scratch)
 	Trainable   int64 `json:"trainable"`   // parameters, gradients and AdamW m and v: 4 float32 each
 	Total       int64 `json:"total"`
+	// QLoRA (lora.base_quant): the decoder's linear layers live in memory in
+	// BaseQuant form (BaseQuantized bytes, counted in Total); their mapped
+	// originals (BaseDense bytes) are no longer read and leave Weights.
+	BaseQuant     string `json:"base_quant,omitempty"`
+	BaseDense     int64  `json:"base_dense,omitempty"`
+	BaseQuantized int64  `json:"base_quantized,omitempty"`
 }
 
 // EstimateMemory adds up the three parts; the weights count in full
@@ -23,17 +29,32 @@ func EstimateMemory(weights, activations, trainableParams int64) MemoryEstimate 
 	return m
 }
 
+// WithQuantizedBase is m for a run whose base linears (dense bytes as
+// mapped) are held quantized as mode (quantized bytes): Weights drops the
+// dense linears, Total counts the quantized copy.
+func (m MemoryEstimate) WithQuantizedBase(mode string, dense, quantized int64) MemoryEstimate {
+	m.BaseQuant, m.BaseDense, m.BaseQuantized = mode, dense, quantized
+	m.Weights = max(0, m.Weights-dense)
+	m.Total = m.Weights + m.BaseQuantized + m.Activations + m.Trainable
+	return m
+}
+
 // Check refuses a run whose own allocations (activations, trainable parameters,
-// their gradients and AdamW state: memory that cannot be paged back to a file)
+// their gradients and AdamW state, a quantized base: memory that cannot be
+// paged back to a file)
 // exceed available bytes of memory. The mapped weights are not counted: the
 // kernel pages them in and out of the page cache as the layers are read.
 func (m MemoryEstimate) Check(available int64) error {
-	need := m.Activations + m.Trainable
+	need := m.Activations + m.Trainable + m.BaseQuantized
 	if available <= 0 || need <= available {
 		return nil
 	}
-	return fmt.Errorf("train: this run needs %s of memory (activations %s, trainable parameters with gradients and AdamW state %s) but %s is available; lower train.max_seq_len, set train.gradient_checkpointing: true, or lower lora.r",
-		gib(need), gib(m.Activations), gib(m.Trainable), gib(available))
+	base := ""
+	if m.BaseQuantized > 0 {
+		base = fmt.Sprintf(", %s base %s", m.BaseQuant, gib(m.BaseQuantized))
+	}
+	return fmt.Errorf("train: this run needs %s of memory (activations %s, trainable parameters with gradients and AdamW state %s%s) but %s is available; lower train.max_seq_len, set train.gradient_checkpointing: true, or lower lora.r",
+		gib(need), gib(m.Activations), gib(m.Trainable), base, gib(available))
 }
 
 // AvailableMemory is MemAvailable from /proc/meminfo, in bytes; false where it

@@ -26,3 +26,18 @@ func TestMemoryCheck(t *testing.T) {
 		t.Log("no /proc/meminfo here")
 	}
 }
+
+// TestMemoryQuantizedBase: with a quantized base the mapped dense linears
+// leave Weights, the quantized copy counts in Total and in Check.
+func TestMemoryQuantizedBase(t *testing.T) {
+	m := EstimateMemory(1000, 300, 10).WithQuantizedBase("nf4", 800, 225)
+	if m.Weights != 200 || m.BaseQuantized != 225 || m.BaseDense != 800 || m.BaseQuant != "nf4" || m.Total != 200+225+300+160 {
+		t.Fatalf("%+v", m)
+	}
+	if err := m.Check(685); err != nil {
+		t.Fatalf("685 bytes suffice: %v", err)
+	}
+	if err := m.Check(684); err == nil || !strings.Contains(err.Error(), "nf4 base") {
+		t.Fatalf("684 bytes: %v", err)
+	}
+}

@@ -252,8 +252,12 @@ func printPlan(io *IOStreams, p *recipes.Plan) {
 	fmt.Fprintf(w, "training  %s: %d trainable parameters; %d steps (%d per epoch) of %d sequences\n",
 		p.Mode, p.TrainableParams, p.TotalSteps, p.StepsPerEpoch, p.SequencesPerStep)
 	m := p.Memory
-	fmt.Fprintf(w, "memory    ~%s: weights %s (mapped), activations %s, trainable+grads+AdamW %s\n",
-		human(m.Total), human(m.Weights), human(m.Activations), human(m.Trainable))
+	base := ""
+	if m.BaseQuantized > 0 {
+		base = fmt.Sprintf(", %s base %s (in memory, was %s mapped)", m.BaseQuant, human(m.BaseQuantized), human(m.BaseDense))
+	}
+	fmt.Fprintf(w, "memory    ~%s: weights %s (mapped)%s, activations %s, trainable+grads+AdamW %s\n",
+		human(m.Total), human(m.Weights), base, human(m.Activations), human(m.Trainable))
 	fmt.Fprintf(w, "output    %s\n", p.OutputDir)
 }
 

@@ -73,7 +73,8 @@ func (g *gemmB) pack(wk *worker, dst []float32, k0, kc, n0, nv, np int) {
 		}
 	case bWeight:
 		if g.w.DType.Quantized() {
-			panic("cpu: matmul_back: din through a quantized weight (" + g.w.DType.String() + ") is not supported")
+			packQuant(wk, g.w, dst, k0, kc, n0, nv) // qback.go
+			break
 		}
 		es := g.w.DType.Size()
 		C := g.w.Cols

@@ -86,12 +86,15 @@ type matmulBackTask struct {
 // din and dw are gemms accumulating onto the existing values (each element
 // one fma chain over o, resp. t, starting from its old value). For din, gemm
 // decodes W block by block like the forward, so a frozen bf16/f16 weight never
-// gets an fp32 copy; its rows are already contiguous along din's columns.
+// gets an fp32 copy; its rows are already contiguous along din's columns. A
+// block-quantized W (GGUF types, NF4) is dequantized while packing (qback.go),
+// and din equals the F32 computation on the dequantized W bit for bit; dw
+// must be nil for it.
 // dw runs over a transposed copy of dout (scratch [OC, T]).
 func (b *Backend) MatMulBackward(din, dw, dbias, dout, in []float32, w kernels.Weight, T int) {
 	checkWeight("matmul_back", w)
-	if din != nil && w.DType.Quantized() {
-		panic("cpu: matmul_back: din through a quantized weight (" + w.DType.String() + ") is not supported; quantized models are for evaluation")
+	if dw != nil && w.DType.Quantized() {
+		panic("cpu: matmul_back: dw of a quantized weight (" + w.DType.String() + ") is not supported: a quantized base is frozen (pass dw = nil)")
 	}
 	OC, C := w.Rows, w.Cols
 	need("matmul_back", "dout", len(dout), T*OC)

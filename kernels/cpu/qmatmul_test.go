@@ -13,12 +13,16 @@ import (
 	"testing"
 
 	"github.com/tunellm/tune/kernels"
+	"github.com/tunellm/tune/kernels/qblock"
 	"github.com/tunellm/tune/quantize"
 )
 
 // quantWeight quantizes a random [rows, cols] matrix to dt with the
 // llama.cpp-exact quantizers of package quantize.
 func quantWeight(t testing.TB, r *rand.Rand, dt kernels.DType, rows, cols int) kernels.Weight {
+	if dt == kernels.NF4 {
+		return nf4Weight(r, rows, cols) // qback_test.go
+	}
 	gt, err := quantize.ParseType(dt.String())
 	if err != nil {
 		t.Fatal(err)
@@ -39,10 +43,14 @@ func quantWeight(t testing.TB, r *rand.Rand, dt kernels.DType, rows, cols int) k
 // quantize (llama.cpp's dequantize_row, checked bit for bit against it),
 // as an F32 weight.
 func dequantF32(t testing.TB, w kernels.Weight) (kernels.Weight, []float32) {
-	gt, _ := quantize.ParseType(w.DType.String())
 	f := make([]float32, w.Rows*w.Cols)
-	if err := quantize.Dequantize(gt, f, w.Data); err != nil {
-		t.Fatal(err)
+	if w.DType == kernels.NF4 {
+		qblock.DequantizeNF4(f, w.Data) // checked against bitsandbytes' definition in kernels/qblock
+	} else {
+		gt, _ := quantize.ParseType(w.DType.String())
+		if err := quantize.Dequantize(gt, f, w.Data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b := make([]byte, 4*len(f))
 	for i, v := range f {
@@ -126,10 +134,10 @@ func TestQuantBackwardRefused(t *testing.T) {
 	w := quantWeight(t, r, kernels.Q8_0, 4, 32)
 	defer func() {
 		if p := recover(); p == nil {
-			t.Fatal("MatMulBackward with din on a quantized weight did not refuse")
+			t.Fatal("MatMulBackward with dw on a quantized weight did not refuse")
 		}
 	}()
-	b.MatMulBackward(make([]float32, 32), nil, nil, make([]float32, 4), make([]float32, 32), w, 1)
+	b.MatMulBackward(nil, make([]float32, 4*32), nil, make([]float32, 4), make([]float32, 32), w, 1)
 }
 
 func TestWeightCheckQuant(t *testing.T) {
