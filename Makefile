@@ -52,6 +52,11 @@ lint:
 bench: build oracle llamacpp
 	go run bench/run.go
 
+# Not in CI: a random Qwen3-8B-shaped BF16 checkpoint (16.4 GB, kept in /tmp/tune-scale for reruns),
+# quantized to Q4_K_M GGUF and INT4 safetensors; time and peak memory to docs/BENCHMARKS-SCALE.md.
+bench-scale: build oracle llamacpp
+	go run bench/scale.go
+
 clean:
 	rm -rf bin
 
