@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/tunellm/tune/export"
 	"math"
 	"os"
 	"path/filepath"
@@ -34,8 +35,11 @@ type Validation struct {
 	KLD          *KLDSummary     `json:"kld,omitempty"`    // quantized vs merged
 	Logits       *eval.LogitDiff `json:"logits,omitempty"` // merged vs base+adapter
 	Bench        []BenchCheck    `json:"bench,omitempty"`
-	Gates        []eval.Gate     `json:"gates"`
-	Pass         bool            `json:"pass"`
+	// Parity is the template parity check of a model folder or GGUF
+	// against the base's chat template: "ok", or the first differing token.
+	Parity string      `json:"template_parity,omitempty"`
+	Gates  []eval.Gate `json:"gates"`
+	Pass   bool        `json:"pass"`
 }
 
 // KLDSummary is the part of eval.KLDResult a gate and the report use.
@@ -355,6 +359,7 @@ func (p *runner) validate(name, rel, ref string) error {
 		if val, err = p.v.check(name, akey, ref); err != nil {
 			return "error", err
 		}
+		p.checkParity(val, name, filepath.Join(p.dir, rel))
 		if err := writeJSON(filepath.Join(p.dir, vjson), val); err != nil {
 			return "error", err
 		}
@@ -424,4 +429,43 @@ func oneLine(v *Validation) string {
 		verdict = "FAIL: " + eval.Failures(v.Gates)
 	}
 	return strings.Join(parts, ", ") + ": " + verdict
+}
+
+// checkParity adds the template parity gate to a model folder's or GGUF's
+// validation: the chat template it carries (tokenizer_config.json for
+// transformers and vLLM, tokenizer.chat_template for llama.cpp) must give
+// the training template's token ids on every parity conversation. Adapters
+// carry no template; a base without one has nothing to check.
+func (p *runner) checkParity(val *Validation, name, path string) {
+	var err error
+	switch {
+	case name == "adapter":
+		return
+	case strings.HasSuffix(path, ".gguf"):
+		err = ggufParity(p.r.Model.Path, path)
+	default:
+		err = export.CheckFolderParity(p.r.Model.Path, path)
+	}
+	g := eval.Gate{Name: "template_parity", Metric: "chat template renders the training token ids", Op: "==", Limit: 1, Value: 1, Pass: true}
+	val.Parity = "ok"
+	if err != nil {
+		g.Value, g.Pass, val.Parity = 0, false, err.Error()
+		val.Pass = false
+	}
+	val.Gates = append(val.Gates, g)
+}
+
+func ggufParity(baseDir, path string) error {
+	tok, err := tokenizer.Load(baseDir)
+	if err != nil {
+		return err
+	}
+	if tok.Config().ChatTemplate == "" {
+		return nil
+	}
+	g, err := export.ReadGGUFChat(path)
+	if err != nil {
+		return err
+	}
+	return export.CheckParity(tok, []export.Side{export.TrainingSide(tok, tok.Config().ChatTemplate), export.GGUFSide(tok, g)}, export.ParityConversations)
 }
