@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"math"
@@ -341,5 +342,45 @@ func TestRunFullTraining(t *testing.T) {
 	}
 	if v := s.Artifacts[0].Validation; v.PPLChangePct != 0 {
 		t.Errorf("the base copied as the trained model: ppl change %g", v.PPLChangePct)
+	}
+}
+
+// TestParityGate: a folder whose chat template renders other tokens than
+// the base's fails the template_parity gate with the first differing token.
+func TestParityGate(t *testing.T) {
+	base := filepath.Join(testModels, "qwen3-tied")
+	p := &runner{r: &recipes.Recipe{Model: recipes.ModelSection{Path: base}}}
+	good := filepath.Join(t.TempDir(), "good")
+	copyDir(t, base, good)
+	val := &Validation{Pass: true}
+	p.checkParity(val, "merged", good)
+	if !val.Pass || val.Parity != "ok" {
+		t.Fatalf("same template: %+v", val)
+	}
+	bad := filepath.Join(t.TempDir(), "bad")
+	copyDir(t, base, bad)
+	cfgPath := filepath.Join(bad, "tokenizer_config.json")
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	tmpl, _ := cfg["chat_template"].(string)
+	if !strings.Contains(tmpl, "<|im_start|>") {
+		t.Fatalf("no ChatML template in %s", cfgPath)
+	}
+	cfg["chat_template"] = strings.ReplaceAll(tmpl, "<|im_start|>", "<|im_start|> ")
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(cfgPath, b, 0o644)
+	val = &Validation{Pass: true}
+	p.checkParity(val, "merged", bad)
+	if val.Pass || !strings.Contains(val.Parity, "differs") {
+		t.Fatalf("changed template: %+v", val)
+	}
+	if g := val.Gates[len(val.Gates)-1]; g.Name != "template_parity" || g.Pass {
+		t.Errorf("gate %+v", g)
 	}
 }
