@@ -54,6 +54,7 @@ func main() {
 	if *dataSz != "0" {
 		rows = append(rows, dataBench(tmp)...)
 	}
+	rows = append(rows, legalBench(tmp)...)
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (bench/run.go) on %s. Every ratio is tune divided by the anchor\nmeasured in the same run on the same machine (higher is better for speeds, lower for memory).\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
@@ -93,6 +94,8 @@ How each number is taken:
 - GEMM: kernels/cpu BenchmarkGEMMF32 (out = in·Wᵀ, fp32 weights, all threads) against bench/gemm_numpy.py
   (numpy a @ b.T, float32, on Debian's OpenBLAS (openmp) unpacked for the run, best of 3). The peak assumes
   32 fp32 FLOP per cycle per core at /proc/cpuinfo's clock.
+- Demo: the README's main command on the shipped model and data (training 112 steps, merge, INT8, INT4, Q4_K_M,
+  five validations, report), wall time and each stage's seconds from its --json summary.
 - Quantization: ` + "`tune quantize --json`" + ` on the BF16 bench-qwen3-small folder (input MB/s; peak RSS of the process, which
   includes the pages of the memory-mapped input it has read). llama-quantize itself is not available here (node-llama-cpp
   ships no tools), so these are absolute numbers. Quantized inference: ` + "`tune generate --stats`" + ` on the Q8_0 and
@@ -366,6 +369,33 @@ func machinePeak() float64 {
 	}
 	mhz, _ := strconv.ParseFloat(string(m[1]), 64)
 	return float64(*threads) * 32 * mhz / 1e3
+}
+
+// legalBench times the README's main command, `tune lora --recipe
+// recipes/legal.yaml` (the whole demo pipeline on the shipped model), stage
+// by stage.
+func legalBench(tmp string) []row {
+	cmd := exec.Command("bin/tune", "lora", "--recipe", "recipes/legal.yaml", "--set", "output.dir="+filepath.Join(tmp, "legal"), "--json")
+	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		fail("tune lora --recipe recipes/legal.yaml: %v\n%s", err, e.String())
+	}
+	total := time.Since(start).Seconds()
+	var sum struct {
+		Stages []struct {
+			Name    string  `json:"name"`
+			Seconds float64 `json:"seconds"`
+		} `json:"stages"`
+	}
+	check(json.Unmarshal([]byte(lastLine(o.String())), &sum))
+	rows := []row{{name: "tune lora --recipe recipes/legal.yaml (whole demo pipeline), wall", unit: "s", anchorName: "target from the issue: about 5 min", tune: total, anchor: 300}}
+	for _, st := range sum.Stages {
+		rows = append(rows, row{name: "legal.yaml stage " + st.Name, unit: "s", anchorName: "(absolute)", tune: st.Seconds})
+	}
+	return rows
 }
 
 // dataBench runs bench/data_pipeline.go: a synthetic chat JSONL through
