@@ -68,24 +68,7 @@ func TestLlamaCppQuantized(t *testing.T) {
 				}
 				defer m.Close()
 				ours := logits(t, m, sampleTokens)
-				args := []string{"logits.mjs", path, "--all"}
-				for _, id := range sampleTokens {
-					args = append(args, fmt.Sprint(id))
-				}
-				cmd := exec.Command("node", args...)
-				cmd.Dir = dir
-				var stderr bytes.Buffer
-				cmd.Stderr = &stderr
-				out, err := cmd.Output()
-				if err != nil {
-					t.Fatalf("node %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-				}
-				var got struct {
-					Logits [][]float64 `json:"logits"`
-				}
-				if err := json.Unmarshal(out, &got); err != nil {
-					t.Fatal(err)
-				}
+				got := llamaCppLogits(t, dir, path, sampleTokens)
 				V := m.Config.Vocab
 				if len(got.Logits) != len(sampleTokens) {
 					t.Fatalf("llama.cpp gave %d positions, want %d", len(got.Logits), len(sampleTokens))
@@ -157,24 +140,7 @@ func TestLlamaCppPerplexityDemo(t *testing.T) {
 				ids = ids[:256]
 			}
 			ours := logits(t, m, ids)
-			args := []string{"logits.mjs", path, "--all"}
-			for _, id := range ids {
-				args = append(args, fmt.Sprint(id))
-			}
-			cmd := exec.Command("node", args...)
-			cmd.Dir = dir
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("node logits.mjs: %v\n%s", err, stderr.String())
-			}
-			var got struct {
-				Logits [][]float64 `json:"logits"`
-			}
-			if err := json.Unmarshal(out, &got); err != nil {
-				t.Fatal(err)
-			}
+			got := llamaCppLogits(t, dir, path, ids)
 			V := m.Config.Vocab
 			nll := func(row func(v int) float64, target int) float64 {
 				mx := math.Inf(-1)
@@ -255,3 +221,30 @@ var llamaCppPPLTol = map[string]float64{"F32": 1e-5, "Q8_0": 0.003, "Q4_K_M": 0.
 // add their own, which is most of it at Q8_0. Measured on the demo model:
 // Q4_K_M 1.344e-3 vs 1.398e-3 (3.9%), Q8_0 2.55e-5 vs 6.58e-5 nats.
 var llamaCppKLDTol = map[string]float64{"Q8_0": 0.9, "Q4_K_M": 0.1}
+
+type llamaCppOut struct {
+	Logits [][]float64 `json:"logits"`
+}
+
+// llamaCppLogits runs bench/llamacpp/logits.mjs: llama.cpp's logits at every
+// position of ids.
+func llamaCppLogits(t *testing.T, dir, path string, ids []int) llamaCppOut {
+	t.Helper()
+	args := []string{"logits.mjs", path, "--all"}
+	for _, id := range ids {
+		args = append(args, fmt.Sprint(id))
+	}
+	cmd := exec.Command("node", args...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	var got llamaCppOut
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
