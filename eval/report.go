@@ -335,7 +335,10 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 	c := r.Curves
 	if n := len(c.Loss); n > 0 {
 		fmt.Fprintf(&sb, "Training: %d steps, loss %.4f → %.4f", n, c.Loss[0], c.Loss[n-1])
-		if m := len(c.EvalLoss); m > 0 {
+		switch m := len(c.EvalLoss); {
+		case m == 1:
+			fmt.Fprintf(&sb, ", validation loss %.4f at step %.0f", c.EvalLoss[0], c.EvalSteps[0])
+		case m > 1:
 			fmt.Fprintf(&sb, ", validation loss %.4f → %.4f", c.EvalLoss[0], c.EvalLoss[m-1])
 		}
 		var tps float64
