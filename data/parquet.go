@@ -62,6 +62,9 @@ func openParquetFile(fh *os.File, size int64) (*parquet.File, error) {
 			}
 		}
 	}
+	if err := checkLZ4Pages(fh, pf); err != nil {
+		return nil, err
+	}
 	return pf, nil
 }
 
