@@ -7,8 +7,8 @@ import (
 	"strings"
 
 	"github.com/parquet-go/parquet-go"
-	pqformat "github.com/parquet-go/parquet-go/format"
 	"github.com/parquet-go/parquet-go/encoding/thrift"
+	pqformat "github.com/parquet-go/parquet-go/format"
 	"github.com/pierrec/lz4/v4"
 )
 
