@@ -88,10 +88,9 @@ func (a *attentionTask) run(wk *worker, chunk int) {
 		sc[i] *= a.scale
 		mx = max(mx, sc[i])
 	}
+	expAffine(sc, sc, 1, -mx)
 	var sum float64
-	for i, d := range sc {
-		e := float32(math.Exp(float64(d - mx)))
-		sc[i] = e
+	for _, e := range sc {
 		sum += float64(e)
 	}
 	inv := float32(1 / sum)
@@ -192,15 +191,11 @@ func (a *attentionBackTask) run(wk *worker, chunk int) {
 		sc[i] *= a.scale
 		mx = max(mx, sc[i])
 	}
-	var sum float64
-	for _, d := range sc {
-		sum += math.Exp(float64(d - mx))
-	}
+	_, sum := maxExpSum(sc)
 	lse := mx + float32(math.Log(sum))
+	expAffine(sc, sc, 1, -lse)
 	var dsum float64
-	for i, d := range sc {
-		p := float32(math.Exp(float64(d - lse)))
-		sc[i] = p
+	for i, p := range sc {
 		dsum += float64(p) * float64(dp[i])
 	}
 	D := float32(dsum)
@@ -232,6 +227,7 @@ func (a *attentionBackTask) runKV(wk *worker, chunk int) {
 	row := func(t, h int) []float32 { return q[(t*NH+h)*HD : (t*NH+h+1)*HD] }
 	drow := func(t, h int) []float32 { return do[(t*NH+h)*HD : (t*NH+h+1)*HD] }
 	var sc, dp [4]float32
+	var arg, p [8]float32 // exponentials four at a time through the 8-lane kernel
 	for h := g * grp; h < (g+1)*grp; h++ {
 		t := s
 		for ; t < hi; t += 4 {
@@ -246,10 +242,13 @@ func (a *attentionBackTask) runKV(wk *worker, chunk int) {
 				}
 			}
 			for j := 0; j < m; j++ {
+				arg[j] = sc[j]*a.scale - a.lse[(t+j)*NH+h]
+			}
+			expAffine(p[:], arg[:], 1, 0)
+			for j := 0; j < m; j++ {
 				r := (t+j)*NH + h
-				p := float32(math.Exp(float64(sc[j]*a.scale - a.lse[r])))
-				axpy(dk, row(t+j, h), p*(dp[j]-a.dsum[r])*a.scale)
-				axpy(dv, drow(t+j, h), p)
+				axpy(dk, row(t+j, h), p[j]*(dp[j]-a.dsum[r])*a.scale)
+				axpy(dv, drow(t+j, h), p[j])
 			}
 		}
 	}

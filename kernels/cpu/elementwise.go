@@ -1,7 +1,5 @@
 package cpu
 
-import "math"
-
 const (
 	ewAdd = iota
 	ewSwiGLU
@@ -49,9 +47,13 @@ func (e *elementwiseTask) run(_ *worker, chunk int) {
 			out[i] = a[i] + bb[i]
 		}
 	case ewSwiGLU:
-		for i := range out {
-			x := a[i]
-			out[i] = x / (1 + float32(math.Exp(float64(-x)))) * bb[i]
+		var ex [256]float32
+		for lo := 0; lo < len(out); lo += len(ex) {
+			n := min(len(ex), len(out)-lo)
+			expAffine(ex[:n], a[lo:lo+n], -1, 0)
+			for i, x := range a[lo : lo+n] {
+				out[lo+i] = x / (1 + ex[i]) * bb[lo+i]
+			}
 		}
 	}
 }
@@ -83,10 +85,15 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up []float32) {
 func (e *swigluBackTask) run(_ *worker, chunk int) {
 	lo := chunk * elementwiseChunk
 	hi := min(lo+elementwiseChunk, len(e.dout))
-	for i := lo; i < hi; i++ {
-		g, u, d := e.gate[i], e.up[i], e.dout[i]
-		sg := 1 / (1 + float32(math.Exp(float64(-g))))
-		e.dgate[i] = d * u * sg * (1 + g*(1-sg))
-		e.dup[i] = d * g * sg
+	var ex [256]float32
+	for c := lo; c < hi; c += len(ex) {
+		n := min(len(ex), hi-c)
+		expAffine(ex[:n], e.gate[c:c+n], -1, 0)
+		for i := c; i < c+n; i++ {
+			g, u, d := e.gate[i], e.up[i], e.dout[i]
+			sg := 1 / (1 + ex[i-c])
+			e.dgate[i] = d * u * sg * (1 + g*(1-sg))
+			e.dup[i] = d * g * sg
+		}
 	}
 }

@@ -30,10 +30,9 @@ func (s *softmaxTask) run(_ *worker, n int) {
 	for _, v := range x {
 		mx = max(mx, v)
 	}
+	expAffine(o, x, 1, -mx)
 	var sum float64
-	for i, v := range x {
-		e := float32(math.Exp(float64(v - mx)))
-		o[i] = e
+	for _, e := range o {
 		sum += float64(e)
 	}
 	inv := float32(1 / sum)
@@ -70,15 +69,8 @@ func (b *Backend) LogSoftmaxNLLForward(nll []float64, logits []float32, targets 
 
 func (s *nllTask) run(_ *worker, n int) {
 	x := s.logits[n*s.V : (n+1)*s.V]
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = max(mx, float64(v))
-	}
-	var sum float64
-	for _, v := range x {
-		sum += math.Exp(float64(v) - mx)
-	}
-	s.nll[n] = mx + math.Log(sum) - float64(x[s.targets[n]])
+	mx, sum := maxExpSum(x)
+	s.nll[n] = float64(mx) + math.Log(sum) - float64(x[s.targets[n]])
 }
 
 type nllBackTask struct {
@@ -115,17 +107,30 @@ func (s *nllBackTask) run(_ *worker, n int) {
 	x := s.logits[n*s.V : (n+1)*s.V]
 	d := s.dlogits[n*s.V : (n+1)*s.V]
 	d = d[:len(x)]
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = max(mx, float64(v))
-	}
-	var sum float64
-	for _, v := range x {
-		sum += math.Exp(float64(v) - mx)
-	}
+	mx, sum := maxExpSum(x)
 	inv := 1 / sum
-	for i, v := range x {
-		d[i] = s.dloss * float32(math.Exp(float64(v)-mx)*inv)
+	expAffine(d, x, 1, -mx) // d may alias x: each element is read before it is written
+	for i, e := range d {
+		d[i] = s.dloss * float32(float64(e)*inv)
 	}
 	d[s.targets[n]] -= s.dloss
+}
+
+// maxExpSum returns the row's maximum and sum_i e^(x[i]-max) (float32
+// exponentials, expf, summed in float64 in index order), a chunk of 256
+// exponentials at a time on the stack.
+func maxExpSum(x []float32) (mx float32, sum float64) {
+	mx = float32(math.Inf(-1))
+	for _, v := range x {
+		mx = max(mx, v)
+	}
+	var buf [256]float32
+	for i := 0; i < len(x); i += len(buf) {
+		e := buf[:min(len(buf), len(x)-i)]
+		expAffine(e, x[i:], 1, -mx)
+		for _, v := range e {
+			sum += float64(v)
+		}
+	}
+	return mx, sum
 }
