@@ -38,6 +38,9 @@ type doraGolden struct {
 			Loss     float64 `json:"loss"`
 			GradNorm float64 `json:"grad_norm"`
 		} `json:"steps"`
+		// How far PyTorch's own float32 run ends from its float64 run
+		// (largest |diff| over the final weights): the reference's rounding noise.
+		FinalDiffVsFloat64 float64 `json:"final_max_abs_diff_vs_float64"`
 	} `json:"train"`
 	FinalWeights map[string]struct {
 		Data []float32 `json:"data"`
@@ -166,8 +169,12 @@ func trainMatchesPyTorch(t *testing.T, golden string, dora bool) {
 		}
 		r := maxDiff / maxAbs
 		worst = max(worst, r)
-		if r > 1e-5 {
-			t.Errorf("%s: max |diff| %.3g, %.3g relative to its largest value", ten.Name, maxDiff, r)
+		// AdamW turns rounding noise in small gradients into whole-lr steps,
+		// so after a few steps two float32 runs differ by as much as
+		// PyTorch's float32 run differs from its float64 run: allow that
+		// (twice it), or 1e-5 of the tensor's scale, whichever is larger.
+		if tol := max(1e-5*maxAbs, 2*g.Train.FinalDiffVsFloat64); maxDiff > tol {
+			t.Errorf("%s: max |diff| %.3g (%.3g relative to its largest value), tolerance %.3g", ten.Name, maxDiff, r, tol)
 		}
 	}
 	if dora && mags == 0 {

@@ -231,6 +231,8 @@ func TestPackedAttentionBackward(t *testing.T) {
 		{[]int{9, 4}, 2, 2, 8, 3},
 		{[]int{11}, 3, 1, 10, 4},
 		{[]int{2, 1, 7, 3}, 4, 4, 16, 2},
+		{[]int{30, 45}, 2, 1, 2, 0}, // two blocks of attnMB rows, a segment across them
+		{[]int{50, 30}, 1, 1, 2, 20},
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%v_NH%d_KVH%d_HD%d_w%d", tc.lens, tc.NH, tc.KVH, tc.HD, tc.window), func(t *testing.T) {

@@ -305,6 +305,7 @@ func TestAttention(t *testing.T) {
 	b := New(3)
 	cases := []struct{ pos0, T, NH, KVH, HD, window int }{
 		{0, 1, 1, 1, 4, 0}, {0, 7, 4, 2, 8, 0}, {5, 3, 6, 3, 6, 0}, {0, 9, 4, 4, 4, 3}, {10, 4, 2, 1, 8, 5}, {3, 1, 8, 2, 16, 2},
+		{0, 150, 2, 1, 8, 0}, {100, 70, 2, 2, 8, 40}, {200, 1, 4, 2, 8, 0},
 	}
 	for _, c := range cases {
 		name := fmt.Sprintf("pos0=%d,T=%d,NH=%d,KVH=%d,HD=%d,win=%d", c.pos0, c.T, c.NH, c.KVH, c.HD, c.window)
@@ -580,6 +581,8 @@ func TestPackedAttention(t *testing.T) {
 		{[]int{9, 2, 6}, 6, 3, 6, 3},
 		{[]int{4, 11, 1, 5}, 8, 2, 16, 4},
 		{[]int{13, 7}, 4, 4, 4, 1},
+		{[]int{70, 3, 90}, 4, 2, 8, 0}, // blocks of attnMB rows that straddle segments
+		{[]int{130, 45}, 2, 1, 16, 50},
 	}
 	b1, b4 := New(1), New(4)
 	for _, c := range cases {
@@ -635,5 +638,32 @@ func TestPackedAttentionNoAllocs(t *testing.T) {
 	b.PackedAttentionForward(out, q, kv, kv, ss, T, 4, 2, 16, 0)
 	if n := testing.AllocsPerRun(20, func() { b.PackedAttentionForward(out, q, kv, kv, ss, T, 4, 2, 16, 2) }); n != 0 {
 		t.Errorf("PackedAttentionForward allocates %v times per call", n)
+	}
+}
+
+// TestAttentionChunksExact: a sequence attended in one call equals the same
+// sequence attended in chunks against a growing KV cache (prefill, single
+// steps, a long chunk) bit for bit, across attnMB block boundaries and with
+// a window: the property generation with a KV cache relies on.
+func TestAttentionChunksExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	const T, NH, KVH, HD = 150, 4, 2, 8
+	q := randVec(r, T*NH*HD, 2)
+	k := randVec(r, T*KVH*HD, 2)
+	v := randVec(r, T*KVH*HD, 1)
+	for _, window := range []int{0, 37} {
+		b := New(3)
+		full := make([]float32, T*NH*HD)
+		b.AttentionForward(full, q, k, v, 0, T, NH, KVH, HD, window)
+		got := make([]float32, T*NH*HD)
+		qd := NH * HD
+		for _, c := range [][2]int{{0, 70}, {70, 1}, {71, 1}, {72, 66}, {138, 12}} {
+			p0, n := c[0], c[1]
+			S := p0 + n
+			b.AttentionForward(got[p0*qd:S*qd], q[p0*qd:S*qd], k[:S*KVH*HD], v[:S*KVH*HD], p0, n, NH, KVH, HD, window)
+		}
+		if !slices.Equal(full, got) {
+			t.Errorf("window %d: chunked attention differs from one pass", window)
+		}
 	}
 }
