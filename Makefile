@@ -32,7 +32,8 @@ test: oracle llamacpp lint unit fuzz
 
 unit: build
 	TUNE_LLAMACPP=1 $(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -tags noasm ./kernels/...
+	# the pure-Go fallbacks of every kernel, and the packages whose numbers they make
+	$(GO) test -count=1 -tags noasm ./kernels/... ./model/... ./lora/ ./train/ ./eval/
 	# llama.cpp's x86-64 build never fuses multiply-adds; Go does on amd64 v3. The
 	# quantizers must stay bit-exact either way.
 	GOAMD64=v3 $(GO) test -count=1 -short ./quantize/
