@@ -15,7 +15,7 @@ import (
 type Comm interface {
 	Rank() int
 	Size() int
-	// Backend is "mpi" or "tcp" (or "nccl" later).
+	// Backend is "mpi" or "tcp" (NCCL is not a Comm: see NCCL).
 	Backend() string
 	// AllReduceF64 and AllReduceF32 replace buf by the element-wise sum
 	// over ranks, the same bits on every rank.

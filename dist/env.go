@@ -10,9 +10,9 @@
 //
 // Every collective has a fixed reduction order (rank 0 + rank 1 + ... on the
 // TCP path; two ranks are order-free under MPI since a+b == b+a), so a run
-// is reproducible bit for bit. NCCL between GPUs is the next Comm
-// implementation (nccl.go, bootstrapped over this package's MPI or TCP comm
-// to exchange the ncclUniqueId); the trainer only sees the Comm interface.
+// is reproducible bit for bit. Between GPUs, NCCL (nccl.go, loaded at run
+// time too, bootstrapped over the MPI or TCP comm to exchange the
+// ncclUniqueId) sums device memory; GradientTransport picks it.
 //
 // It is not a scheduler: it neither places ranks nor restarts them.
 package dist
@@ -116,14 +116,16 @@ func pick(b bool, x, y string) string {
 
 // Backend picks the transport for l: TUNE_DIST when set, else MPI under
 // mpirun/srun and TCP under torchrun-style launches. "none" means a single
-// process even when launched as a rank.
+// process even when launched as a rank. TUNE_DIST=nccl picks the host
+// transport as "auto" does: NCCL's bootstrap and the small collectives run
+// on it (see GradientTransport).
 func Backend(l Launch, getenv func(string) string) (string, error) {
 	switch v := strings.ToLower(strings.TrimSpace(getenv("TUNE_DIST"))); v {
 	case "mpi", "tcp", "none":
 		return v, nil
-	case "", "auto":
+	case "", "auto", "nccl":
 	default:
-		return "", fmt.Errorf("dist: TUNE_DIST=%q: want mpi, tcp or none", v)
+		return "", fmt.Errorf("dist: TUNE_DIST=%q: want mpi, tcp, nccl or none", v)
 	}
 	switch {
 	case !l.Distributed():

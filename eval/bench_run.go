@@ -152,6 +152,25 @@ type BenchResult struct {
 
 // Bench scores items as the harness task opts.Task does.
 func Bench(s *Scorer, items []Item, opts BenchOptions) (BenchResult, error) {
+	return BenchDist(s, items, opts, nil)
+}
+
+// benchMetrics are the per-item scores a task produces, in a fixed order.
+func benchMetrics(task string) []string {
+	switch task {
+	case "gsm8k":
+		return []string{"exact_match,strict-match", "exact_match,flexible-extract"}
+	case "mmlu":
+		return []string{"acc"}
+	}
+	return []string{"acc", "acc_norm"}
+}
+
+// BenchDist is Bench as one rank of a group: rank r scores items r, r+W,
+// ..., the ranks exchange the per-item scores, and every rank averages them
+// in item order, so the metrics are those of one process. A nil d is one
+// process. Progress gets the index of the item this rank just scored.
+func BenchDist(s *Scorer, items []Item, opts BenchOptions, d Reducer) (BenchResult, error) {
 	if _, ok := taskColumns[opts.Task]; !ok {
 		return BenchResult{}, unknownTask(opts.Task)
 	}
@@ -167,8 +186,14 @@ func Bench(s *Scorer, items []Item, opts BenchOptions) (BenchResult, error) {
 		pool, sameFile = opts.FewShot, false
 	}
 	firstN := !sameFile && (opts.Task == "mmlu" || opts.Task == "gsm8k")
-	scores := map[string][]float64{}
+	rank, size := rankOf(d)
+	names := benchMetrics(opts.Task)
+	// vals[j*n+i]: item i's score for names[j].
+	vals := make([]float64, len(names)*n)
 	for i := range n {
+		if i%size != rank {
+			continue
+		}
 		it := items[i]
 		shots := FewShot(opts.Task, items, i, pool, sameFile, firstN, opts.Shots, opts.Seed)
 		ctx := Context(opts.Task, it, shots)
@@ -177,12 +202,10 @@ func Bench(s *Scorer, items []Item, opts BenchOptions) (BenchResult, error) {
 			if err != nil {
 				return BenchResult{}, fmt.Errorf("%s: %w", it.Ref, err)
 			}
-			for name, f := range map[string]func(string) string{"strict-match": GSM8KStrict, "flexible-extract": GSM8KFlexible} {
-				v := 0.0
+			for j, f := range []func(string) string{GSM8KStrict, GSM8KFlexible} {
 				if GSM8KExactMatch(f(resp), it.Answer) {
-					v = 1
+					vals[j*n+i] = 1
 				}
-				scores["exact_match,"+name] = append(scores["exact_match,"+name], v)
 			}
 		} else {
 			lls := make([]float64, len(it.Choices))
@@ -194,18 +217,21 @@ func Bench(s *Scorer, items []Item, opts BenchOptions) (BenchResult, error) {
 				lls[c] = ll
 			}
 			acc, accNorm := ChoiceScores(lls, it.Choices, it.Gold)
-			scores["acc"] = append(scores["acc"], acc)
-			if opts.Task != "mmlu" {
-				scores["acc_norm"] = append(scores["acc_norm"], accNorm)
+			vals[i] = acc
+			if len(names) > 1 {
+				vals[n+i] = accNorm
 			}
 		}
 		if opts.Progress != nil {
 			opts.Progress(i+1, n)
 		}
 	}
+	if err := gatherWindows(d, vals); err != nil {
+		return BenchResult{}, fmt.Errorf("eval: bench: %w", err)
+	}
 	r := BenchResult{Task: opts.Task, Items: n, Shots: opts.Shots, Metrics: map[string]Metric{}}
-	for k, v := range scores {
-		r.Metrics[k] = MeanStderr(v)
+	for j, k := range names {
+		r.Metrics[k] = MeanStderr(vals[j*n : (j+1)*n])
 	}
 	return r, nil
 }

@@ -90,6 +90,9 @@ type KLDAcc struct {
 	sameTop, n                                              int
 	klds, dps                                               []float64
 	lpb, lpq                                                []float64 // [V] scratch
+	// The last Add's token: NLLs and top-1 agreement.
+	lastNLL, lastNLLBase float64
+	lastSame             bool
 }
 
 // logSoftmax writes log p into dst (float64) and returns the argmax (lowest
@@ -130,7 +133,14 @@ func (a *KLDAcc) Add(base, q []float32, target int) float64 {
 			kl += math.Exp(lpb[v]) * (lpb[v] - lpq[v])
 		}
 	}
-	nll, nllBase := -lpq[target], -lpb[target]
+	a.lastNLL, a.lastNLLBase, a.lastSame = -lpq[target], -lpb[target], ib == iq
+	a.addStats(a.lastNLL, a.lastNLLBase, kl, a.lastSame)
+	return kl
+}
+
+// addStats accumulates one scored token from its two NLLs, its KL and
+// whether the argmaxes agree (Add's numbers, or a rank's gathered ones).
+func (a *KLDAcc) addStats(nll, nllBase, kl float64, sameTop bool) {
 	a.sumNLL += nll
 	a.sumNLL2 += nll * nll
 	a.sumNLLBase += nllBase
@@ -142,13 +152,12 @@ func (a *KLDAcc) Add(base, q []float32, target int) float64 {
 	a.sumDP += dp
 	a.sumDP2 += dp * dp
 	a.sumDP4 += dp * dp * dp * dp
-	if ib == iq {
+	if sameTop {
 		a.sameTop++
 	}
 	a.n++
 	a.klds = append(a.klds, kl)
 	a.dps = append(a.dps, dp)
-	return kl
 }
 
 // meanUnc is llama.cpp's mean_and_uncertainty.
@@ -250,6 +259,14 @@ func KLDWindows(ids []int, opts KLDOptions) (wins [][]int, first int) {
 // row [V] at a time, so the T×V matrix never exists. progress, if not nil, is
 // called after each window with windows done and the total.
 func KLDivergence(base, m *model.Model, ids []int, opts KLDOptions, progress func(done, total int)) (KLDResult, error) {
+	return KLDivergenceDist(base, m, ids, opts, nil, progress)
+}
+
+// KLDivergenceDist is KLDivergence as one rank of a group: rank r runs
+// windows r, r+W, ..., the ranks exchange every scored token's two NLLs, KL
+// and top-1 agreement, and every rank accumulates them in token order, so
+// the result is bit for bit the one process's. A nil d is one process.
+func KLDivergenceDist(base, m *model.Model, ids []int, opts KLDOptions, d Reducer, progress func(done, total int)) (KLDResult, error) {
 	if opts.Ctx < 2 {
 		return KLDResult{}, fmt.Errorf("eval: kld: context %d is too short: want at least 2 tokens", opts.Ctx)
 	}
@@ -266,6 +283,18 @@ func KLDivergence(base, m *model.Model, ids []int, opts KLDOptions, progress fun
 	if !opts.AllTokens && opts.Ctx < 3 {
 		return KLDResult{}, fmt.Errorf("eval: kld: context %d scores nothing in llama.cpp mode: want at least 3 tokens", opts.Ctx)
 	}
+	rank, size := rankOf(d)
+	// offs[i]: window i's first scored token in the stream of scored tokens.
+	offs := make([]int, len(wins)+1)
+	for i, w := range wins {
+		offs[i+1] = offs[i] + max(0, len(w)-1-first)
+	}
+	// stats[4k..4k+3]: scored token k's NLL (model), NLL (base), KL, same
+	// top (0/1), exchanged between ranks.
+	var stats []float64
+	if size > 1 {
+		stats = make([]float64, 4*offs[len(wins)])
+	}
 	V := base.Config.Vocab
 	type side struct {
 		m      *model.Model
@@ -279,6 +308,9 @@ func KLDivergence(base, m *model.Model, ids []int, opts KLDOptions, progress fun
 	sb, sq := mk(base), mk(m)
 	var acc KLDAcc
 	for i, w := range wins {
+		if i%size != rank {
+			continue
+		}
 		for _, s := range []*side{sb, sq} {
 			s.cache.Reset()
 			if err := s.m.Forward(s.cache, w, s.hidden); err != nil {
@@ -288,10 +320,27 @@ func KLDivergence(base, m *model.Model, ids []int, opts KLDOptions, progress fun
 		for t := first; t < len(w)-1; t++ {
 			sb.m.Logits(sb.logits, sb.hidden[t*base.Config.Hidden:])
 			sq.m.Logits(sq.logits, sq.hidden[t*m.Config.Hidden:])
-			acc.Add(sb.logits, sq.logits, w[t+1])
+			kl := acc.Add(sb.logits, sq.logits, w[t+1])
+			if stats == nil {
+				continue
+			}
+			k := 4 * (offs[i] + t - first)
+			stats[k], stats[k+1], stats[k+2] = acc.lastNLL, acc.lastNLLBase, kl
+			if acc.lastSame {
+				stats[k+3] = 1
+			}
 		}
 		if progress != nil {
 			progress(i+1, len(wins))
+		}
+	}
+	if size > 1 {
+		if err := gatherWindows(d, stats); err != nil {
+			return KLDResult{}, fmt.Errorf("eval: kld: %w", err)
+		}
+		acc = KLDAcc{}
+		for k := 0; k < len(stats); k += 4 {
+			acc.addStats(stats[k], stats[k+1], stats[k+2], stats[k+3] != 0)
 		}
 	}
 	if acc.n == 0 {

@@ -47,6 +47,15 @@ func Windows(ids []int, ctx int) [][]int {
 // window is scored. ppl = exp(sum NLL / tokens scored). progress, if not nil, is
 // called after each window with the tokens done so far and the total.
 func Perplexity(m Windower, ids []int, ctx int, progress func(done, total int)) (PPLResult, error) {
+	return PerplexityDist(m, ids, ctx, nil, progress)
+}
+
+// PerplexityDist is Perplexity as one rank of a group: rank r scores windows
+// r, r+W, r+2W, ... and the ranks exchange the per-window NLL sums and token
+// counts (see gatherWindows), which every rank adds in window order, so the
+// result is bit for bit the one process's. A nil d is one process.
+// progress gets the tokens of the windows up to the one this rank just did.
+func PerplexityDist(m Windower, ids []int, ctx int, d Reducer, progress func(done, total int)) (PPLResult, error) {
 	if ctx < 2 {
 		return PPLResult{}, fmt.Errorf("eval: ppl: context %d is too short: want at least 2 tokens", ctx)
 	}
@@ -54,19 +63,33 @@ func Perplexity(m Windower, ids []int, ctx int, progress func(done, total int)) 
 	if len(wins) == 0 {
 		return PPLResult{}, fmt.Errorf("eval: ppl: the corpus has %d tokens: nothing to score (want at least 2)", len(ids))
 	}
-	var sum float64
-	n, done := 0, 0
+	rank, size := rankOf(d)
+	// sums[i], counts[i]: window i's NLL sum and tokens scored.
+	sums := make([]float64, 2*len(wins))
+	counts := sums[len(wins):]
+	done := 0
 	for i, w := range wins {
+		done += len(w)
+		if i%size != rank {
+			continue
+		}
 		s, k, err := m.WindowNLL(w)
 		if err != nil {
 			return PPLResult{}, fmt.Errorf("eval: ppl: window %d: %w", i, err)
 		}
-		sum += s
-		n += k
-		done += len(w)
+		sums[i], counts[i] = s, float64(k)
 		if progress != nil {
 			progress(done, len(ids))
 		}
+	}
+	if err := gatherWindows(d, sums); err != nil {
+		return PPLResult{}, fmt.Errorf("eval: ppl: %w", err)
+	}
+	var sum float64
+	n := 0
+	for i := range wins {
+		sum += sums[i]
+		n += int(counts[i])
 	}
 	mean := sum / float64(n)
 	return PPLResult{PPL: math.Exp(mean), NLL: mean, Tokens: n, Windows: len(wins), Ctx: ctx}, nil

@@ -26,6 +26,9 @@ type IntOptions struct {
 	ActOrder  bool    // GPTQ: quantize columns by decreasing Hessian diagonal (desc_act)
 	Damp      float64 // GPTQ: damping, fraction of the mean Hessian diagonal (0: 0.01)
 	Workers   int     // goroutines; <= 0: runtime.NumCPU(). The output does not depend on it.
+	// Comm, when set, splits GPTQ's calibration windows across its ranks
+	// (Hessians all-reduced; every rank quantizes identically).
+	Comm gptq.Comm
 	// MaxShardBytes caps each output shard; 0: wq.DefaultMaxShardBytes (5 GB).
 	MaxShardBytes int64
 	// Progress, when set, gets the input bytes done so far and in all.
@@ -74,7 +77,7 @@ func gptqQuantize(modelDir string, s wq.Scheme, opts IntOptions, emit func(*wq.Q
 		return nil, fmt.Errorf("quantize: %w", err)
 	}
 	defer m.Close()
-	return gptq.Run(m, opts.Calib, gptq.Options{Scheme: s, Damp: opts.Damp, ActOrder: opts.ActOrder, Workers: opts.Workers}, emit)
+	return gptq.Run(m, opts.Calib, gptq.Options{Scheme: s, Damp: opts.Damp, ActOrder: opts.ActOrder, Workers: opts.Workers, Comm: opts.Comm}, emit)
 }
 
 // QuantizeSafetensors writes outDir, a weight-only INT8/INT4 copy of the

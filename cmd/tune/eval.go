@@ -7,6 +7,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/eval"
 )
 
@@ -33,6 +34,7 @@ type EvalPPLOptions struct {
 	Ctx        int
 	MaxTokens  int
 	JSON       bool
+	NProc      int // --nproc-per-node; 0 or 1: one process
 }
 
 func newCmdEvalPPL(f *Factory, runF func(*EvalPPLOptions) error) *cobra.Command {
@@ -49,12 +51,18 @@ window from position 0, and scores every token except the first of each window.
   ppl = exp(sum of -log p(token | tokens before it in its window) / tokens scored)
 
 This is the non-overlapping (stride = ctx) perplexity of the transformers guide; it
-is lower with a longer --ctx, so compare models at the same --ctx.`,
+is lower with a longer --ctx, so compare models at the same --ctx.
+
+Under mpirun, srun or torchrun, or with --nproc-per-node N, the windows are split
+across the ranks and their NLL sums and token counts added in window order: the
+result is bit for bit one process's (docs/SCALING.md).`,
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw
   tune eval ppl --model ./Qwen3-8B --data data/test-00000-of-00001.parquet --column text --json
   tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000
   tune eval ppl --model ./Qwen3-8B --adapter ./out/legal/adapter --data legal-heldout.jsonl
-  tune eval ppl --model qwen3-8b-q4_k_m.gguf --data wiki.test.raw   # a GGUF: its own tokenizer, quantized matmuls`,
+  tune eval ppl --model qwen3-8b-q4_k_m.gguf --data wiki.test.raw   # a GGUF: its own tokenizer, quantized matmuls
+  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw --nproc-per-node 4   # windows split over 4 local processes
+  mpirun -np 16 --hostfile hosts tune eval ppl --model ./Qwen3-8B --data wiki.test.raw`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.ModelDir == "" {
@@ -83,10 +91,16 @@ is lower with a longer --ctx, so compare models at the same --ctx.`,
 	fl.IntVar(&opts.Ctx, "ctx", 512, "window length in tokens")
 	fl.IntVar(&opts.MaxTokens, "max-tokens", 0, "score only the first N tokens of the stream (0 = all)")
 	fl.BoolVar(&opts.JSON, "json", false, `print {"ppl":..., "nll":..., "tokens":...}`)
+	addNprocFlag(fl, &opts.NProc, "evaluate")
 	return cmd
 }
 
 func evalPPLRun(opts *EvalPPLOptions) error {
+	return distRun(opts.IO, opts.NProc, func(c dist.Comm) error { return evalPPLRank(opts, c) })
+}
+
+// evalPPLRank is eval ppl as one rank of c (nil: one process).
+func evalPPLRank(opts *EvalPPLOptions, c dist.Comm) error {
 	tok, err := loadTokenizer(opts.ModelDir)
 	if err != nil {
 		return err
@@ -118,7 +132,7 @@ func evalPPLRun(opts *EvalPPLOptions) error {
 			progressbar.OptionClearOnFinish(),
 		)
 	}
-	res, err := eval.Perplexity(m, ids, opts.Ctx, func(done, total int) {
+	res, err := eval.PerplexityDist(m, ids, opts.Ctx, reducer(c), func(done, total int) {
 		if bar != nil {
 			bar.Set(done)
 		}

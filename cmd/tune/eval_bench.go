@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/eval"
 )
 
@@ -23,6 +24,7 @@ type EvalBenchOptions struct {
 	Limit       int
 	Seed        uint64
 	JSON        bool
+	NProc       int // --nproc-per-node; 0 or 1: one process
 }
 
 func newCmdEvalBench(f *Factory, runF func(*EvalBenchOptions) error) *cobra.Command {
@@ -48,7 +50,8 @@ Few-shot examples (--shots) are formatted as harness does (" " between question 
 answer, "\n\n" between examples) and drawn with --seed from the same file minus the
 item, or taken from --fewshot-data (the first K for mmlu and gsm8k, as harness's
 first_n sampler; mmlu uses the item's subject only). Metrics come with harness's
-standard error sqrt(p(1-p)/(n-1)).`,
+standard error sqrt(p(1-p)/(n-1)). Under mpirun, srun or torchrun, or with
+--nproc-per-node N, the items are split across the ranks (same metrics).`,
 		Example: `  tune eval bench --model ./Qwen3-8B --task mmlu --data mmlu/test.parquet --fewshot-data mmlu/dev.parquet --shots 5
   tune eval bench --model ./Qwen3-8B --task arc --data ARC-Easy/test.parquet --limit 200 --json
   tune eval bench --model qwen3-8b-q4_k_m.gguf --task arc --data ARC-Easy/test.parquet --limit 200
@@ -86,10 +89,16 @@ standard error sqrt(p(1-p)/(n-1)).`,
 	fl.IntVar(&opts.Limit, "limit", 0, "score only the first N items (0 = all)")
 	fl.Uint64Var(&opts.Seed, "seed", 1234, "seed of the few-shot draw")
 	fl.BoolVar(&opts.JSON, "json", false, "print the metrics as JSON")
+	addNprocFlag(fl, &opts.NProc, "evaluate")
 	return cmd
 }
 
 func evalBenchRun(opts *EvalBenchOptions) error {
+	return distRun(opts.IO, opts.NProc, func(c dist.Comm) error { return evalBenchRank(opts, c) })
+}
+
+// evalBenchRank is eval bench as one rank of c (nil: one process).
+func evalBenchRank(opts *EvalBenchOptions, c dist.Comm) error {
 	items, err := eval.LoadItems(opts.Task, opts.Data)
 	if err != nil {
 		return err
@@ -110,14 +119,14 @@ func evalBenchRun(opts *EvalBenchOptions) error {
 	}
 	defer m.Close()
 	s := &eval.Scorer{M: m, Cfg: m.Config, Tok: tok}
-	res, err := eval.Bench(s, items, eval.BenchOptions{
+	res, err := eval.BenchDist(s, items, eval.BenchOptions{
 		Task: opts.Task, Shots: opts.Shots, Limit: opts.Limit, Seed: opts.Seed, FewShot: shots,
 		Progress: func(done, total int) {
 			if opts.IO.ErrTTY {
 				fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d/%d", opts.Task, done, total)
 			}
 		},
-	})
+	}, reducer(c))
 	if opts.IO.ErrTTY {
 		fmt.Fprintln(opts.IO.ErrOut)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/eval"
 )
 
@@ -23,6 +24,7 @@ type EvalKLDOptions struct {
 	MaxTokens  int
 	AllTokens  bool
 	JSON       bool
+	NProc      int // --nproc-per-node; 0 or 1: one process
 }
 
 func newCmdEvalKLD(f *Factory, runF func(*EvalKLDOptions) error) *cobra.Command {
@@ -43,10 +45,15 @@ window scored (positions ctx/2+1 .. ctx-1). --all-tokens scores like eval ppl in
 every token but the first of each window, the last partial window too.
 
 Base and model are Hugging Face folders, quantized (GPTQ / compressed-tensors) folders
-or .gguf files, in any mix; they must have the same vocabulary.`,
+or .gguf files, in any mix; they must have the same vocabulary.
+
+Under mpirun, srun or torchrun, or with --nproc-per-node N, the windows are split
+across the ranks, which exchange every scored token's numbers: the summary is bit
+for bit one process's.`,
 		Example: `  tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B-int4 --data wiki.test.raw
   tune eval kld --base ./Qwen3-8B --model qwen3-8b-q4_k_m.gguf --data wiki.test.raw
-  tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B --adapter ./out/adapter --data held.jsonl --json`,
+  tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B --adapter ./out/adapter --data held.jsonl --json
+  tune eval kld --base ./Qwen3-8B --model ./Qwen3-8B-int4 --data wiki.test.raw --nproc-per-node 2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.BaseDir == "" {
@@ -80,6 +87,7 @@ or .gguf files, in any mix; they must have the same vocabulary.`,
 	fl.IntVar(&opts.MaxTokens, "max-tokens", 0, "use only the first N tokens of the stream (0 = all)")
 	fl.BoolVar(&opts.AllTokens, "all-tokens", false, "score every token but the first of each window, as eval ppl does, instead of llama.cpp's second half")
 	fl.BoolVar(&opts.JSON, "json", false, "print the summary as JSON")
+	addNprocFlag(fl, &opts.NProc, "evaluate")
 	return cmd
 }
 
@@ -99,6 +107,11 @@ func readCorpus(path, column string) (string, error) {
 }
 
 func evalKLDRun(opts *EvalKLDOptions) error {
+	return distRun(opts.IO, opts.NProc, func(c dist.Comm) error { return evalKLDRank(opts, c) })
+}
+
+// evalKLDRank is eval kld as one rank of c (nil: one process).
+func evalKLDRank(opts *EvalKLDOptions, c dist.Comm) error {
 	if err := sameTokenizer(opts.BaseDir, opts.ModelDir, eval.SameTokenizer); err != nil {
 		return err
 	}
@@ -128,7 +141,7 @@ func evalKLDRun(opts *EvalKLDOptions) error {
 		return err
 	}
 	defer m.Close()
-	res, err := eval.KLDivergence(base, m, ids, ko, func(done, total int) {
+	res, err := eval.KLDivergenceDist(base, m, ids, ko, reducer(c), func(done, total int) {
 		if opts.IO.ErrTTY {
 			fmt.Fprintf(opts.IO.ErrOut, "\rkld: window %d/%d", done, total)
 		}

@@ -15,8 +15,11 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/tunellm/tune/data"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/export"
+	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/quantize"
+	"github.com/tunellm/tune/quantize/gptq"
 	"github.com/tunellm/tune/quantize/imatrix"
 	"github.com/tunellm/tune/quantize/wq"
 )
@@ -44,6 +47,7 @@ type QuantizeOptions struct {
 	CalibLen     int
 	ActOrder     bool
 	Damp         float64
+	NProc        int // --nproc-per-node (GPTQ calibration); 0 or 1: one process
 }
 
 // bitsMix is the mix each --bits picks: llama.cpp's usual defaults.
@@ -84,14 +88,20 @@ symmetric unless --sym=false; embeddings, norms and lm_head stay as they are. Tw
 of --calib-len tokens of the --calib text (.txt, .jsonl, .json, .parquet "text").
 A linear whose input size is not a multiple of --group-size stays dense, with a warning,
 and is listed in quantization_config so loaders keep it dense too. config.json gets
-torch_dtype float16 (the scales are fp16). See docs/QUANT_FORMATS.md.`,
+torch_dtype float16 (the scales are fp16). See docs/QUANT_FORMATS.md.
+
+GPTQ calibration runs data parallel under mpirun, srun or torchrun, or with
+--nproc-per-node N: each rank runs its share of the windows, the Hessians are summed
+across ranks, every rank quantizes the same way and rank 0 writes --out
+(docs/SCALING.md). Other methods and GGUF run on one process.`,
 		Example: `  tune quantize --model ./Qwen3-8B --out qwen3-8b-q4_k_m.gguf
   tune quantize --model ./Qwen3-8B --format gguf --bits 8 --out qwen3-8b-q8_0.gguf
   tune quantize --model ./merged --type Q4_K_M --imatrix imatrix.dat --out merged.gguf --force --json
   tune quantize --model qwen3-8b-f16.gguf --type Q5_K_M --out qwen3-8b-q5_k_m.gguf
   tune quantize --model ./Qwen3-8B --format safetensors --bits 4 --out Qwen3-8B-W4A16     # vllm serve Qwen3-8B-W4A16
   tune quantize --model ./Qwen3-8B --format safetensors --bits 4 --calib wiki.train.txt --act-order --out Qwen3-8B-GPTQ
-  tune quantize --model ./Qwen3-8B --format safetensors --bits 8 --out Qwen3-8B-W8A16`,
+  tune quantize --model ./Qwen3-8B --format safetensors --bits 8 --out Qwen3-8B-W8A16
+  tune quantize --model ./Qwen3-8B --format safetensors --calib wiki.train.txt --nproc-per-node 4 --out Qwen3-8B-GPTQ`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -109,7 +119,7 @@ torch_dtype float16 (the scales are fp16). See docs/QUANT_FORMATS.md.`,
 			if opts.Format == "safetensors" {
 				return quantizeSafetensorsFlags(cmd, opts, runF)
 			}
-			for _, n := range []string{"group-size", "sym", "layout", "method", "calib", "calib-samples", "calib-len", "act-order", "damp"} {
+			for _, n := range []string{"group-size", "sym", "layout", "method", "calib", "calib-samples", "calib-len", "act-order", "damp", "nproc-per-node"} {
 				if fl.Changed(n) {
 					return flagErrorf("--%s applies to --format safetensors", n)
 				}
@@ -155,6 +165,7 @@ torch_dtype float16 (the scales are fp16). See docs/QUANT_FORMATS.md.`,
 	fl.IntVar(&opts.CalibLen, "calib-len", 2048, "safetensors: tokens per calibration window")
 	fl.BoolVar(&opts.ActOrder, "act-order", false, "safetensors: GPTQ act-order (desc_act): columns by decreasing Hessian diagonal")
 	fl.Float64Var(&opts.Damp, "damp", 0.01, "safetensors: GPTQ damping, fraction of the mean Hessian diagonal")
+	addNprocFlag(fl, &opts.NProc, "safetensors: run GPTQ calibration")
 	return cmd
 }
 
@@ -205,7 +216,7 @@ func quantizeSafetensorsFlags(cmd *cobra.Command, opts *QuantizeOptions, runF fu
 		return flagErrorf("--method: want rtn or gptq, got %q", opts.Method)
 	}
 	if opts.Method == "rtn" {
-		for _, n := range []string{"act-order", "damp", "calib-samples", "calib-len"} {
+		for _, n := range []string{"act-order", "damp", "calib-samples", "calib-len", "nproc-per-node"} {
 			if fl.Changed(n) {
 				return flagErrorf("--%s applies to --method gptq", n)
 			}
@@ -218,6 +229,8 @@ func quantizeSafetensorsFlags(cmd *cobra.Command, opts *QuantizeOptions, runF fu
 		return flagErrorf("--calib-len: want >= 2, got %d", opts.CalibLen)
 	case !(opts.Damp > 0 && opts.Damp < 1):
 		return flagErrorf("--damp: want a fraction in (0, 1), got %g", opts.Damp)
+	case opts.NProc < 0:
+		return flagErrorf("--nproc-per-node: want >= 1, got %d", opts.NProc)
 	}
 	if runF != nil {
 		return runF(opts)
@@ -256,6 +269,9 @@ func progressFunc(opts *QuantizeOptions, desc string) (func(done, total int64), 
 }
 
 func quantizeRun(opts *QuantizeOptions) error {
+	if err := oneProcess("--format gguf"); err != nil {
+		return err
+	}
 	if err := resolveModelArgs(context.Background(), opts.IO, &opts.ModelDir); err != nil {
 		return err
 	}
@@ -348,6 +364,32 @@ func calibSequences(opts *QuantizeOptions) ([][]int, error) {
 }
 
 func quantizeSafetensorsRun(opts *QuantizeOptions) error {
+	if opts.Method != "gptq" {
+		if err := oneProcess("--method " + opts.Method); err != nil {
+			return err
+		}
+		return quantizeSafetensorsRank(opts, nil)
+	}
+	return distRun(opts.IO, opts.NProc, func(c dist.Comm) error { return quantizeSafetensorsRank(opts, c) })
+}
+
+// oneProcess refuses a launch of several ranks for what runs on one process
+// (every rank would write the same output).
+func oneProcess(what string) error {
+	l, err := dist.Detect(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if l.Distributed() && os.Getenv("TUNE_DIST") != "none" {
+		return fmt.Errorf("quantize: %s runs on one process, and this is rank %d of %d (%s): run it without the launcher; only --method gptq splits its calibration across ranks", what, l.Rank, l.Size, l.Launcher)
+	}
+	return nil
+}
+
+// quantizeSafetensorsRank is --format safetensors as one rank of c (nil:
+// one process). Under a group every rank runs GPTQ on its share of the
+// calibration windows; rank 0 alone writes the folder.
+func quantizeSafetensorsRank(opts *QuantizeOptions, c dist.Comm) error {
 	baseID := opts.ModelDir // the model card names what the user named
 	if err := resolveModelArgs(context.Background(), opts.IO, &opts.ModelDir); err != nil {
 		return err
@@ -355,8 +397,10 @@ func quantizeSafetensorsRun(opts *QuantizeOptions) error {
 	if isGGUF(opts.ModelDir) {
 		return fmt.Errorf("quantize: %s is a GGUF file; --format safetensors needs a Hugging Face model folder", opts.ModelDir)
 	}
-	if err := checkOut(opts); err != nil {
-		return err
+	if c == nil || c.Rank() == 0 {
+		if err := checkOut(opts); err != nil {
+			return err
+		}
 	}
 	workers := opts.Workers
 	if workers == 0 {
@@ -372,10 +416,13 @@ func quantizeSafetensorsRun(opts *QuantizeOptions) error {
 		}
 		qo.Calib = seqs
 	}
+	if c != nil && c.Rank() != 0 {
+		return gptqRank(opts.ModelDir, qo, c)
+	}
 	var finish func()
 	qo.Progress, finish = progressFunc(opts, fmt.Sprintf("quantizing %s (%s, %s)", qo.Scheme(), opts.Method, opts.Layout))
 	start := time.Now()
-	rep, err := quantize.QuantizeSafetensors(opts.ModelDir, opts.Out, qo)
+	rep, err := quantizeSafetensors(opts.ModelDir, opts.Out, qo, c)
 	finish()
 	if err != nil {
 		return err
@@ -421,4 +468,27 @@ func quantizedCard(opts *QuantizeOptions, baseID string, rep *quantize.IntReport
 			{"linears quantized", fmt.Sprint(rep.Quantized)}, {"tensors kept dense", fmt.Sprint(rep.Dense)}},
 		Command: cmd,
 	}
+}
+
+// gptqRank is a rank other than 0 of a GPTQ run split over c: it runs
+// gptq.Run with the options quantize.QuantizeSafetensors gives it on rank 0
+// (same scheme, damping, act-order, calibration) and writes nothing; the
+// Hessian all-reduces keep it in step with rank 0.
+func gptqRank(modelDir string, qo quantize.IntOptions, c dist.Comm) error {
+	m, err := model.Load(modelDir, model.LoadOptions{})
+	if err != nil {
+		return fmt.Errorf("quantize: %w", err)
+	}
+	defer m.Close()
+	_, err = gptq.Run(m, qo.Calib, gptq.Options{Scheme: qo.Scheme(), Damp: qo.Damp, ActOrder: qo.ActOrder, Workers: qo.Workers, Comm: c}, nil)
+	return err
+}
+
+// quantizeSafetensors is quantize.QuantizeSafetensors with GPTQ's
+// calibration split over c (rank 0's part).
+func quantizeSafetensors(modelDir, outDir string, qo quantize.IntOptions, c dist.Comm) (*quantize.IntReport, error) {
+	if c != nil {
+		qo.Comm = c
+	}
+	return quantize.QuantizeSafetensors(modelDir, outDir, qo)
 }

@@ -55,6 +55,18 @@ type Options struct {
 	Progress func(layer, layers int)
 	// Backend runs the fp32 matrix products; nil: the model's (Run) or kernels.Get("").
 	Backend kernels.Backend
+	// Comm, when set with more than one rank, splits Run's calibration
+	// across a data-parallel group (see Run); nil: one process.
+	Comm Comm
+}
+
+// Comm is the part of a data-parallel group (dist.Comm) Run uses.
+type Comm interface {
+	Rank() int
+	Size() int
+	// AllReduceF64 replaces buf by the element-wise sum over ranks, the
+	// same bits on every rank.
+	AllReduceF64(buf []float64) error
 }
 
 // dampStep is GPTQModel's damp_auto_increment: when H + damp·mean(diag H)·I

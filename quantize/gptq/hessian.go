@@ -51,6 +51,20 @@ func (h *Hessian) Add(x []float32, T int) {
 	h.n += T
 }
 
+// AllReduce replaces the sums and the token count by their totals over the
+// ranks of c (float64, the same bits on every rank).
+func (h *Hessian) AllReduce(c Comm) error {
+	n := []float64{float64(h.n)}
+	if err := c.AllReduceF64(n); err != nil {
+		return err
+	}
+	if err := c.AllReduceF64(h.sum); err != nil {
+		return err
+	}
+	h.n = int(n[0])
+	return nil
+}
+
 // Matrix returns 2/n Σ xxᵀ [Cols*Cols], symmetrized; all zeros before any Add
 // (every input dead).
 func (h *Hessian) Matrix() []float64 {

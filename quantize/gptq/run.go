@@ -49,6 +49,16 @@ var moduleInput = [7]int{0, 0, 0, 1, 2, 2, 3}
 // m is left holding the dequantized weights. An adapter installed in m is
 // set aside during Run and put back after. Memory: the hidden states of every
 // sequence (Σ T × hidden_size fp32) and the Hessians of one layer.
+//
+// With opts.Comm (W ranks, every one calling Run with the same calib and
+// options) rank r runs only sequences r, r+W, ... through the layers (and
+// keeps only their hidden states); each Hessian's float64 sums and token
+// count are all-reduced before it is factored, so every rank quantizes the
+// same H into the same codes, puts the same weights into its m, and emits
+// the same tensors (the caller writes them on one rank). The sums differ
+// from one process's only by float64 summation order (per-rank partial sums
+// added at the end), which is exact whenever the sums of the fp32 chunk
+// products are; see docs/SCALING.md for what was measured.
 func Run(m *model.Model, calib [][]int, opts Options, emit func(*wq.QTensor) error) (*Report, error) {
 	start := time.Now()
 	if opts.Backend == nil {
@@ -64,16 +74,41 @@ func Run(m *model.Model, calib [][]int, opts Options, emit func(*wq.QTensor) err
 		return nil, fmt.Errorf("gptq: no calibration sequences")
 	}
 	rep := &Report{Scheme: o.Scheme, Sequences: len(calib)}
-	xs := make([][]float32, len(calib))
+	rank, size := 0, 1
+	if o.Comm != nil && o.Comm.Size() > 1 {
+		rank, size = o.Comm.Rank(), o.Comm.Size()
+	}
+	for n, seq := range calib {
+		rep.Tokens += len(seq)
+		if size == 1 || n%size == rank {
+			continue
+		}
+		// Another rank embeds it; fail here too, rather than wait for it.
+		if len(seq) == 0 {
+			return nil, fmt.Errorf("gptq: calibration sequence %d: no tokens", n)
+		}
+		for i, id := range seq {
+			if id < 0 || id >= cfg.Vocab {
+				return nil, fmt.Errorf("gptq: calibration sequence %d: token %d at %d is outside the vocabulary (%d)", n, id, i, cfg.Vocab)
+			}
+		}
+	}
+	// This rank's sequences and their hidden states.
+	var mine [][]int
+	var xs [][]float32
 	maxT := 0
 	for n, seq := range calib {
-		xs[n] = make([]float32, len(seq)*C)
-		if err := m.Embed(xs[n], seq); err != nil {
+		if n%size != rank {
+			continue
+		}
+		x := make([]float32, len(seq)*C)
+		if err := m.Embed(x, seq); err != nil {
 			return nil, fmt.Errorf("gptq: calibration sequence %d: %w", n, err)
 		}
-		rep.Tokens += len(seq)
+		mine, xs = append(mine, seq), append(xs, x)
 		maxT = max(maxT, len(seq))
 	}
+	calib = mine
 	buf := make([]float32, maxT*C)
 
 	capt := &capture{layer: -1}
@@ -105,6 +140,11 @@ func Run(m *model.Model, calib [][]int, opts Options, emit func(*wq.QTensor) err
 			}
 			capt.layer = -1
 			for _, in := range stage {
+				if size > 1 {
+					if err := capt.h[in].AllReduce(o.Comm); err != nil {
+						return nil, fmt.Errorf("gptq: layer %d: Hessian all-reduce: %w", l, err)
+					}
+				}
 				h := capt.h[in].Matrix()
 				var f *Factor
 				for mi, mod := range model.AdapterModules {
