@@ -36,14 +36,29 @@ const (
 	// (36 bytes per block). It has no GGUF type id: it exists only in memory,
 	// for a frozen base quantized at load time (model.QuantizeBase).
 	NF4
+	// INT4, INT4_32, INT8, INT8_32 are the group-wise integer codes of
+	// quantize/wq (GPTQ / compressed-tensors, `tune quantize --format
+	// safetensors`) in self-contained blocks of 128 or 32 columns (fp16
+	// scale, zero point, codes; qblock/intq.go): x = scale*(q-zero), the
+	// checkpoint's dequantized values bit for bit. In memory only, for a
+	// QLoRA base quantized at load or read from a quantized folder.
+	INT4
+	INT4_32
+	INT8
+	INT8_32
 	numDTypes
 )
 
 var dtypeNames = map[DType]string{F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_1: "Q4_1",
-	Q5_0: "Q5_0", Q5_1: "Q5_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", NF4: "NF4"}
+	Q5_0: "Q5_0", Q5_1: "Q5_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", NF4: "NF4",
+	INT4: "INT4", INT4_32: "INT4_32", INT8: "INT8", INT8_32: "INT8_32"}
 
-// DTypes lists every dtype in order.
+// DTypes lists the float, GGUF and NF4 dtypes in order (the integer
+// blocks are in IntDTypes).
 var DTypes = []DType{F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, NF4}
+
+// IntDTypes lists the group-wise integer block dtypes.
+var IntDTypes = []DType{INT4, INT4_32, INT8, INT8_32}
 
 // Size is the element size in bytes of a float type, 0 for a block type
 // (use RowBytes).
@@ -79,8 +94,17 @@ func (d DType) Format() qblock.Format {
 	if !d.Quantized() {
 		return qblock.Format{}
 	}
-	if d == NF4 {
+	switch d {
+	case NF4:
 		return qblock.NF4Format
+	case INT4:
+		return qblock.INT4Format
+	case INT4_32:
+		return qblock.INT4_32Format
+	case INT8:
+		return qblock.INT8Format
+	case INT8_32:
+		return qblock.INT8_32Format
 	}
 	f, _ := qblock.ByName(d.String())
 	return f
@@ -131,7 +155,7 @@ func (w Weight) RowBytes() int { return w.DType.RowBytes(w.Cols) }
 func (w Weight) Check() error {
 	e, _, ok := w.DType.Block()
 	if !ok {
-		return fmt.Errorf("kernels: weight: unsupported dtype %v (supported: %v)", w.DType, DTypes)
+		return fmt.Errorf("kernels: weight: unsupported dtype %v (supported: %v, %v)", w.DType, DTypes, IntDTypes)
 	}
 	if w.Rows < 0 || w.Cols < 0 {
 		return fmt.Errorf("kernels: weight: negative shape [%d %d]", w.Rows, w.Cols)

@@ -456,3 +456,46 @@ func (a *Adapter) explainUnknown(name string) string {
 	}
 	return fmt.Sprintf("unknown tensor %s (not a LoRA weight of this %s model with %d layers)", name, a.mc.ModelType, a.mc.Layers)
 }
+
+// SameBase reports whether two base model ids (adapter_config.json's
+// base_model_name_or_path, a recipe's model.path, a quantized folder's
+// recorded source) name the same model: equal strings, the same folder,
+// or the same model name, where a Hub id's name is its last element
+// ("Qwen/Qwen3-8B": Qwen3-8B), a folder's its base name, and a Hugging Face
+// cache snapshot's the repository's (.../models--Qwen--Qwen3-8B/snapshots/REV).
+// It is deliberately loose: it only catches adapters and bases that name
+// different models.
+func SameBase(a, b string) bool {
+	if a == b {
+		return true
+	}
+	na, nb := baseName(a), baseName(b)
+	return na != "" && strings.EqualFold(na, nb)
+}
+
+// baseName is the model name an id or path ends in (see SameBase).
+func baseName(id string) string {
+	p := filepath.ToSlash(filepath.Clean(strings.TrimRight(id, "/")))
+	parts := strings.Split(p, "/")
+	for i := len(parts) - 1; i >= 1; i-- {
+		if parts[i] == "snapshots" && strings.HasPrefix(parts[i-1], "models--") {
+			s := strings.Split(strings.TrimPrefix(parts[i-1], "models--"), "--")
+			return s[len(s)-1]
+		}
+	}
+	name := parts[len(parts)-1]
+	if i := strings.IndexByte(name, '@'); i > 0 { // org/name@rev
+		name = name[:i]
+	}
+	return name
+}
+
+// CheckBase refuses an adapter recorded for another base than id (one line
+// naming both); an adapter or an id that records none passes.
+func (a *Adapter) CheckBase(id string) error {
+	rec := a.cfg.BaseModel
+	if rec == "" || id == "" || SameBase(rec, id) {
+		return nil
+	}
+	return fmt.Errorf("lora: adapter was trained on %s (base_model_name_or_path), not on %s", rec, id)
+}

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/tunellm/tune/kernels"
@@ -34,9 +35,18 @@ func (m *Model) QuantizeBase(dt kernels.DType, workers int, q BaseQuantizer) err
 	if !dt.Quantized() {
 		return fmt.Errorf("model: quantize base: %v is not a block-quantized dtype", dt)
 	}
+	if slices.Contains(kernels.IntDTypes, dt) {
+		return fmt.Errorf("model: quantize base: %v: use QuantizeBaseInt", dt)
+	}
 	if dt != kernels.NF4 && q == nil {
 		return fmt.Errorf("model: quantize base: %v needs a quantizer", dt)
 	}
+	return m.eachLinear(workers, func(l int, mod string) error { return m.quantizeLinear(l, mod, dt, q) })
+}
+
+// eachLinear runs f on every decoder linear (layer, module), workers at a
+// time, and joins the errors (a worker stops at its first).
+func (m *Model) eachLinear(workers int, f func(l int, mod string) error) error {
 	type job struct {
 		l   int
 		mod string
@@ -59,7 +69,7 @@ func (m *Model) QuantizeBase(dt kernels.DType, workers int, q BaseQuantizer) err
 				if errs[w] != nil {
 					continue
 				}
-				errs[w] = m.quantizeLinear(j.l, j.mod, dt, q)
+				errs[w] = f(j.l, j.mod)
 			}
 		}()
 	}

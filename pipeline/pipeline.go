@@ -160,7 +160,7 @@ func (p *runner) run() error {
 	}
 	// train
 	inputs := map[string]string{"recipe": HashString(r.TrainingYAML())}
-	for k, path := range map[string]string{"model": r.Model.Path, "dataset": r.Dataset.Path, "validation": r.Dataset.Validation.Path, "init_adapter": r.LoRA.InitAdapter} {
+	for k, path := range map[string]string{"model": r.Model.Path, "dataset": r.Dataset.Path, "validation": r.Dataset.Validation.Path, "init_adapter": r.LoRA.InitAdapter, "base_from": r.LoRA.BaseFrom} {
 		h, err := hashInput(path)
 		if err != nil {
 			return err

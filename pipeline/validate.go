@@ -35,6 +35,8 @@ type Validation struct {
 	KLD          *KLDSummary     `json:"kld,omitempty"`    // quantized vs merged
 	Logits       *eval.LogitDiff `json:"logits,omitempty"` // merged vs base+adapter
 	Bench        []BenchCheck    `json:"bench,omitempty"`
+	// QuantBase is the adapter's QLoRA gap (lora.base_quant, lora.base_from).
+	QuantBase *QuantBaseGap `json:"quantized_base,omitempty"`
 	// Parity is the template parity check of a model folder or GGUF
 	// against the base's chat template: "ok", or the first differing token.
 	Parity string      `json:"template_parity,omitempty"`
@@ -51,6 +53,17 @@ type KLDSummary struct {
 	SameTop float64 `json:"same_top"` // top-1 agreement, a fraction
 	Tokens  int     `json:"tokens"`
 	Scored  string  `json:"scored"`
+}
+
+// QuantBaseGap compares, for an adapter trained on a quantized base
+// (QLoRA), the adapter on the full-precision base (what merging gives, up to
+// rounding) with the adapter on the quantized base it was trained on.
+type QuantBaseGap struct {
+	Base    string         `json:"base"`     // what the quantized base holds: nf4, int4 g128 sym, GGUF Q4_K+Q6_K, ...
+	PPL     float64        `json:"ppl"`      // the adapter on the quantized base
+	FullPPL float64        `json:"full_ppl"` // the adapter on the full-precision base
+	KLD     KLDSummary     `json:"kld"`      // KL(quantized || full-precision)
+	Logits  eval.LogitDiff `json:"logits"`   // full-precision vs quantized
 }
 
 // BenchCheck is one spot-check on the artifact and on its reference.
@@ -258,6 +271,11 @@ func (v *validator) check(name, akey, ref string) (*Validation, error) {
 		switch ref {
 		case "base":
 			val.Gates = eval.Min(val.Gates, "min_ppl_decrease_pct", "ppl decrease %", -val.PPLChangePct, c.MinPPLDecreasePct)
+			if name == "adapter" && v.r.QuantizedBase() {
+				if err := v.quantBaseGap(val, m); err != nil {
+					return nil, err
+				}
+			}
 		case "base+adapter":
 			ld, err := eval.CompareLogits(rm, m, v.ids, c.Ctx)
 			if err != nil {
@@ -267,11 +285,7 @@ func (v *validator) check(name, akey, ref string) (*Validation, error) {
 			val.Logits = &ld
 			val.Gates = eval.Max(val.Gates, "merge_logit_tol", "max |Δlogit|", ld.MaxAbs, c.MergeLogitTol)
 		case "merged", "model":
-			ko := eval.KLDOptions{Ctx: c.Ctx, BOS: -1, AllTokens: len(v.ids) < c.Ctx}
-			if bos, ok := v.tok.BOS(); ok && v.tok.AddsBOS() {
-				ko.BOS = bos
-			}
-			kr, err := eval.KLDivergence(rm, m, v.ids, ko, v.progress("kld "+name))
+			kr, err := eval.KLDivergence(rm, m, v.ids, v.kldOptions(), v.progress("kld "+name))
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.Data, err)
 			}
@@ -305,6 +319,55 @@ func (v *validator) check(name, akey, ref string) (*Validation, error) {
 	return val, nil
 }
 
+// kldOptions are llama-perplexity's KLD conventions on validate.data.
+func (v *validator) kldOptions() eval.KLDOptions {
+	ko := eval.KLDOptions{Ctx: v.r.Checks.Ctx, BOS: -1, AllTokens: len(v.ids) < v.r.Checks.Ctx}
+	if bos, ok := v.tok.BOS(); ok && v.tok.AddsBOS() {
+		ko.BOS = bos
+	}
+	return ko
+}
+
+// quantBaseGap measures the adapter on the full-precision base (full) against
+// the adapter on the quantized base it was trained on (loaded and quantized
+// again as training did), and gates the mean KLD (lora.base_quant_max_kld).
+func (v *validator) quantBaseGap(val *Validation, full *model.Model) error {
+	qm, desc, err := v.r.TrainingBase()
+	if err != nil {
+		return err
+	}
+	defer qm.Close()
+	a, err := lora.Load(filepath.Join(v.p.dir, "adapter"), qm.Config)
+	if err != nil {
+		return err
+	}
+	qm.SetAdapter(a)
+	c := v.r.Checks
+	qp, err := eval.Perplexity(qm, v.ids, c.Ctx, v.progress("ppl adapter on the "+desc+" base"))
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Data, err)
+	}
+	fp, err := v.pplOf("base+adapter", full)
+	if err != nil {
+		return err
+	}
+	kr, err := eval.KLDivergence(qm, full, v.ids, v.kldOptions(), v.progress("kld adapter on the "+desc+" base"))
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Data, err)
+	}
+	ld, err := eval.CompareLogits(full, qm, v.ids, c.Ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Data, err)
+	}
+	ld.MaxAbs, ld.MeanAbs = finite(ld.MaxAbs), finite(ld.MeanAbs)
+	g := &QuantBaseGap{Base: desc, PPL: finite(qp.PPL), FullPPL: finite(fp.PPL), Logits: ld,
+		KLD: KLDSummary{Mean: finite(kr.KLDMean), Unc: finite(kr.KLDUnc), P99: finite(kr.KLD.P99), Max: finite(kr.KLD.Max),
+			SameTop: kr.SameTop, Tokens: kr.Tokens, Scored: kr.Scored}}
+	val.QuantBase = g
+	val.Gates = eval.Max(val.Gates, "base_quant_max_kld", "mean KLD, full-precision vs "+desc+" base", g.KLD.Mean, v.r.LoRA.BaseQuantMaxKLD)
+	return nil
+}
+
 // finite keeps JSON encodable: NaN and ±Inf become ±MaxFloat64 (NaN as +).
 func finite(x float64) float64 {
 	switch {
@@ -325,6 +388,10 @@ func (p *runner) validate(name, rel, ref string) error {
 	}
 	a := p.man.Artifact(name)
 	inputs := map[string]string{"config": HashString(validateConfig(p.r))}
+	if name == "adapter" && p.r.QuantizedBase() {
+		l := p.r.LoRA
+		inputs["quantized_base"] = HashString(fmt.Sprintf("%s %d %v %s %g", l.BaseQuant, l.BaseQuantGroup, l.BaseQuantSym, l.BaseFrom, l.BaseQuantMaxKLD))
+	}
 	refPaths := map[string]string{"base": p.r.Model.Path, "base+adapter": filepath.Join(p.dir, "adapter"),
 		"merged": filepath.Join(p.dir, "merged"), "model": filepath.Join(p.dir, "model")}
 	paths := map[string]string{"artifact": filepath.Join(p.dir, rel), "reference": refPaths[ref], "data": c.Data}
@@ -420,6 +487,9 @@ func oneLine(v *Validation) string {
 	}
 	if v.Logits != nil {
 		parts = append(parts, fmt.Sprintf("max |Δlogit| %.3g", v.Logits.MaxAbs))
+	}
+	if q := v.QuantBase; q != nil {
+		parts = append(parts, fmt.Sprintf("full-precision vs %s base: ppl %.4g vs %.4g, mean KLD %.4g, max |Δlogit| %.3g", q.Base, q.FullPPL, q.PPL, q.KLD.Mean, q.Logits.MaxAbs))
 	}
 	for _, b := range v.Bench {
 		parts = append(parts, fmt.Sprintf("%s %.3f (ref %.3f)", b.Task, b.Acc, b.RefAcc))

@@ -102,7 +102,11 @@ type LoRASection struct {
 	InitAdapter       string
 	RankPattern       map[string]string // PEFT rank_pattern: module regex -> rank
 	AlphaPattern      map[string]string // PEFT alpha_pattern: module regex -> alpha
-	BaseQuant         string            // none, nf4, q4_k, q8_0: the frozen base's linears quantized at load (QLoRA)
+	BaseQuant         string            // none, nf4, int4, int8, q4_k, q8_0: the frozen base's linears quantized at load (QLoRA)
+	BaseQuantGroup    int               // int4/int8: input columns per scale, -1 per channel, 0 tune quantize's default
+	BaseQuantSym      bool              // int4/int8: symmetric (no zero points), as tune quantize's default
+	BaseFrom          string            // a pre-quantized base (quantized folder or GGUF) trained on as stored
+	BaseQuantMaxKLD   float64           // gate: mean KLD of the adapter on the full-precision base from it on the quantized base (NaN: off)
 }
 
 // TrainSection is `train:`.
@@ -332,7 +336,7 @@ func (r *Recipe) Validate() error {
 		oneOf("dataset.format", r.Dataset.Format, "chat", "instruction", "completion", "text"),
 		oneOf("dataset.train_on", r.Dataset.TrainOn, "assistant", "all"),
 		oneOf("train.mode", t.Mode, "lora", "full"),
-		oneOf("lora.base_quant", r.LoRA.BaseQuant, "none", "nf4", "q4_k", "q8_0"),
+		oneOf("lora.base_quant", r.LoRA.BaseQuant, "none", "nf4", "int4", "int8", "q4_k", "q8_0"),
 		oneOf("train.schedule", t.Schedule, "constant", "linear", "cosine"),
 		oneOf("output.dtype", r.Output.DType, "f32", "bf16", "f16"),
 		positive("lora.r", r.LoRA.R),
@@ -359,11 +363,9 @@ func (r *Recipe) Validate() error {
 		return r.errorf("lora.alpha_pattern", "%v", err)
 	}
 	switch t.Device {
-	case "cpu":
-	case "cuda":
-		return r.errorf("train.device", "cuda is not supported yet (the CUDA backend is not built); use cpu")
+	case "cpu", "cuda", "auto":
 	default:
-		return r.errorf("train.device", "%q is not supported (supported: cpu)", t.Device)
+		return r.errorf("train.device", "%q is not supported (supported: cpu, cuda, auto)", t.Device)
 	}
 	if t.Epochs == 0 && t.MaxSteps == 0 {
 		return r.errorf("train.epochs", "train.epochs and train.max_steps are both 0: nothing to train")
@@ -403,6 +405,9 @@ func (r *Recipe) Validate() error {
 	}
 	if r.LoRA.BaseQuant != "none" && t.Mode == "full" {
 		return r.errorf("lora.base_quant", "%s with train.mode full: full training updates the base weights, which cannot stay quantized (use train.mode lora)", r.LoRA.BaseQuant)
+	}
+	if err := r.validateBaseQuant(); err != nil {
+		return err
 	}
 	if r.LoRA.BaseQuant != "none" && r.LoRA.UseDoRA {
 		return r.errorf("lora.base_quant", "%s with lora.use_dora: DoRA reads the base weight rows, supported on a bf16/f16/f32 base only", r.LoRA.BaseQuant)

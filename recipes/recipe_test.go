@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("train defaults\n got %+v\nwant %+v", r.Train, want)
 	}
 	wantL := LoRASection{R: 16, Alpha: 32, Dropout: 0.05, TargetModules: []string{"all-linear"}, LayersToTransform: []int{},
-		RankPattern: map[string]string{}, AlphaPattern: map[string]string{}, BaseQuant: "none"}
+		RankPattern: map[string]string{}, AlphaPattern: map[string]string{}, BaseQuant: "none", BaseQuantSym: true, BaseQuantMaxKLD: 0.1}
 	if !reflect.DeepEqual(r.LoRA, wantL) {
 		t.Errorf("lora defaults\n got %+v\nwant %+v", r.LoRA, wantL)
 	}
@@ -116,7 +116,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"ok", "", ""},
 		{"schedule", "train:\n  schedule: step\n", `r.yaml:8:3: train.schedule: "step" is not supported (supported: constant, linear, cosine)`},
-		{"cuda", "train:\n  device: cuda\n", `train.device: cuda is not supported yet`},
+		{"device", "train:\n  device: tpu\n", `train.device: "tpu" is not supported (supported: cpu, cuda, auto)`},
 		{"beta", "train:\n  adam_beta2: 1\n", `train.adam_beta2: want a value in [0, 1), found 1`},
 		{"lr", "train:\n  lr: 0\n", `train.lr: want a value in (0, +Inf), found 0`},
 		{"batch", "train:\n  batch_size: 0\n", `train.batch_size: want a positive integer, found 0`},

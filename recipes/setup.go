@@ -15,6 +15,7 @@ import (
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/model/safetensors"
 	"github.com/tunellm/tune/quantize"
+	"github.com/tunellm/tune/quantize/wq"
 	"github.com/tunellm/tune/tokenizer"
 	"github.com/tunellm/tune/train"
 )
@@ -56,6 +57,10 @@ type SetupOptions struct {
 	// DryRun loads no weights and allocates no training buffers: the plan
 	// only.
 	DryRun bool
+	// Warn, when set, gets one line per warning (also in Plan.Warnings).
+	Warn func(string)
+	// Backend computes the training; nil: the CPU.
+	Backend kernels.Backend
 }
 
 // Plan is what a run will do, printed by --dry-run.
@@ -72,6 +77,11 @@ type Plan struct {
 	TrainableParams  int64                `json:"trainable_params"`
 	Memory           train.MemoryEstimate `json:"memory"`
 	OutputDir        string               `json:"output_dir"`
+	// BaseFrom is the pre-quantized base trained on (lora.base_from, or a
+	// quantized model.path), BaseQuantized what it holds.
+	BaseFrom      string   `json:"base_from,omitempty"`
+	BaseQuantized string   `json:"base_quantized,omitempty"`
+	Warnings      []string `json:"warnings,omitempty"`
 }
 
 // Job is a recipe made ready to train: data prepared, model mapped, adapter
@@ -113,14 +123,33 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 		return nil, err
 	}
 	full := r.Train.Mode == "full"
+	var warnings []string
+	warn := func(format string, args ...any) {
+		w := fmt.Sprintf(format, args...)
+		warnings = append(warnings, w)
+		if opts.Warn != nil {
+			opts.Warn(w)
+		}
+	}
+	// The base the adapter is for (base_model_name_or_path), and the
+	// pre-quantized base trained on, if any.
+	baseID, from, w := r.baseIDs()
+	if w != "" {
+		warn("%s", w)
+	}
 	if !full {
 		if r.LoRA.InitAdapter != "" {
 			j.ad, err = lora.Load(r.LoRA.InitAdapter, mc)
+			if err == nil && (from != "" || r.LoRA.BaseQuant != "none") {
+				err = j.ad.CheckBase(baseID)
+			}
 			if err == nil {
 				j.ad.SetSeed(r.Train.Seed)
 			}
 		} else {
-			j.ad, err = lora.New(r.LoRAConfig(), mc, r.Train.Seed)
+			lc := r.LoRAConfig()
+			lc.BaseModel = baseID
+			j.ad, err = lora.New(lc, mc, r.Train.Seed)
 		}
 		if err != nil {
 			return fail(err)
@@ -139,15 +168,14 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 	j.plan = &Plan{Recipe: r.File, Model: r.Model.Path, Architecture: mc.ModelType, Layers: mc.Layers, Mode: r.Train.Mode,
 		Data: st, StepsPerEpoch: perEpoch, TotalSteps: total, SequencesPerStep: r.Train.BatchSize * r.Train.GradAccum,
 		TrainableParams: trainable, OutputDir: r.Output.Dir}
-	j.m, err = model.Load(r.Model.Path, model.LoadOptions{})
+	lb, err := r.loadBase(mc, baseID, from, opts.DryRun, opts.Backend)
 	if err != nil {
 		return fail(err)
 	}
-	var baseDense, baseQuant int64
-	if bq := r.LoRA.BaseQuant; bq != "none" && !full {
-		if baseDense, baseQuant, err = quantizeBase(j.m, bq, opts.DryRun); err != nil {
-			return fail(err)
-		}
+	j.m = lb.m
+	baseMode, baseDense, baseQuant := lb.mode, lb.dense, lb.quant
+	if from != "" {
+		j.plan.BaseFrom, j.plan.BaseQuantized = from, lb.mode
 	}
 	popts := model.TrainOptions{Checkpointing: r.Train.GradientCheckpointing, LossChunk: r.Train.LossChunk}
 	var act int64
@@ -176,8 +204,9 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 	}
 	j.plan.Memory = train.EstimateMemory(weights, act, trainable)
 	if baseQuant > 0 {
-		j.plan.Memory = j.plan.Memory.WithQuantizedBase(r.LoRA.BaseQuant, baseDense, baseQuant)
+		j.plan.Memory = j.plan.Memory.WithQuantizedBase(baseMode, baseDense, baseQuant)
 	}
+	j.plan.Warnings = warnings
 	if avail, ok := train.AvailableMemory(); ok && !opts.DryRun {
 		if err := j.plan.Memory.Check(avail); err != nil {
 			return fail(err)
@@ -203,7 +232,9 @@ func (j *Job) Train(ctx context.Context, opts TrainOptions) (*train.Result, erro
 	}
 	cfg := j.r.TrainConfig()
 	cfg.Resume, cfg.Force = opts.Resume, opts.Force
-	t := &train.Trainer{Cfg: cfg, Model: j.run, Params: j.run, Data: j.ds, Progress: opts.Progress, Log: opts.Log}
+	peak, _ := train.PeakFLOPS(j.m.Backend())
+	t := &train.Trainer{Cfg: cfg, Model: j.run, Params: j.run, Data: j.ds, Progress: opts.Progress, Log: opts.Log,
+		FLOPs: train.NewFLOPCount(j.mc, j.ad), PeakFLOPS: peak}
 	return t.Run(ctx)
 }
 
@@ -246,6 +277,97 @@ func weightBytes(dir string) (bytes, params int64, err error) {
 		params += int64(t.NumElements())
 	}
 	return bytes, params, nil
+}
+
+// baseIDs are the base the adapter is for (its base_model_name_or_path)
+// and the pre-quantized base trained on ("" when none): lora.base_from, or
+// model.path when it is a quantized folder (then the adapter is for the
+// model the folder says it was made from, or the folder, with a warning).
+func (r *Recipe) baseIDs() (baseID, from, warning string) {
+	baseID, from = cmp.Or(r.Model.ID, r.Model.Path), r.LoRA.BaseFrom
+	if r.Train.Mode != "full" && from == "" && wq.IsQuantizedFolder(r.Model.Path) {
+		from = r.Model.Path
+		if src := quantizedSourceID(from); src != "" {
+			baseID = src
+		} else {
+			warning = fmt.Sprintf("model.path %s is a quantized folder that does not name the model it was made from: the adapter's base_model_name_or_path will be this folder; set model.path to the full-precision model and lora.base_from to this folder to merge into it", from)
+		}
+	}
+	return baseID, from, warning
+}
+
+// TrainingBase loads the frozen base a LoRA run of r trains on, as Setup
+// does: model.path quantized as lora.base_quant says, or the pre-quantized
+// base (lora.base_from, a quantized model.path); and what its linears hold
+// ("nf4", "int4 g128 sym", "GGUF Q4_K+Q6_K"; "none" for a plain base).
+// The pipeline compares the adapter on it with the adapter on the
+// full-precision base (what merging gives).
+func (r *Recipe) TrainingBase() (*model.Model, string, error) {
+	mc, err := model.LoadConfig(r.Model.Path)
+	if err != nil {
+		return nil, "", err
+	}
+	baseID, from, _ := r.baseIDs()
+	tb, err := r.loadBase(mc, baseID, from, false, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return tb.m, tb.mode, nil
+}
+
+// trainingBase is the frozen base a run trains on, and what its linears
+// take (dense: as model.path maps them; quant: as held).
+type trainingBase struct {
+	m            *model.Model
+	mode         string // lora.base_quant, with the scheme for int4/int8, or what a pre-quantized base holds
+	dense, quant int64  // 0 for an unquantized base
+}
+
+// loadBase loads model.path, quantized as lora.base_quant says (a dry run
+// only sizes it), or the pre-quantized base from (checked against model.path
+// and the adapter's base id baseID).
+func (r *Recipe) loadBase(mc *model.Config, baseID, from string, dryRun bool, be kernels.Backend) (*trainingBase, error) {
+	tb := &trainingBase{mode: r.LoRA.BaseQuant}
+	var err error
+	if from != "" {
+		if from != r.Model.Path {
+			if err := checkBaseID(from, quantizedSourceID(from), baseID); err != nil {
+				return nil, err
+			}
+		}
+		qb, err := loadQuantizedBase(from, mc, be)
+		if err != nil {
+			return nil, err
+		}
+		// The linears as model.path maps them in bf16, and as held now.
+		tb.m, tb.mode, tb.dense, tb.quant = qb.m, qb.desc, 2*linearElements(mc), qb.m.BaseLinearBytes()
+		return tb, nil
+	}
+	if tb.m, err = model.Load(r.Model.Path, model.LoadOptions{Backend: be}); err != nil {
+		return nil, err
+	}
+	switch bq := r.LoRA.BaseQuant; {
+	case bq == "none" || r.Train.Mode == "full":
+		return tb, nil
+	case bq == "int4" || bq == "int8":
+		s := r.baseQuantScheme()
+		tb.mode = bq + " " + strings.TrimPrefix(s.String(), bq+" ")
+		tb.dense, tb.quant, err = quantizeBaseInt(tb.m, bq, s, dryRun)
+	default:
+		tb.dense, tb.quant, err = quantizeBase(tb.m, bq, dryRun)
+	}
+	if err != nil {
+		tb.m.Close()
+		return nil, err
+	}
+	return tb, nil
+}
+
+// linearElements counts the decoder linears' weights a config implies.
+func linearElements(c *model.Config) int64 {
+	C, I := int64(c.Hidden), int64(c.Intermediate)
+	qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
+	return int64(c.Layers) * (2*C*qd + 2*C*kvd + 3*C*I)
 }
 
 // baseQuantDTypes maps lora.base_quant to the in-memory dtype of the base's

@@ -90,6 +90,9 @@ type StepMetrics struct {
 	LR         float64 `json:"lr"`
 	Tokens     int     `json:"tokens"` // trained tokens in the step
 	TokensPerS float64 `json:"tokens_per_s"`
+	// MFU is the step's model FLOPs per second over the device's peak
+	// (flops.go); absent when the trainer has no FLOPs or peak.
+	MFU float64 `json:"mfu,omitempty"`
 }
 
 // EvalMetrics is one line of metrics.jsonl per validation pass.
@@ -157,6 +160,11 @@ type Trainer struct {
 	// rank 0 alone writes the run folder. Progress and Log are called on
 	// rank 0 only.
 	Comm dist.Comm
+	// FLOPs and PeakFLOPS, when both are set, give each step's MFU
+	// (StepMetrics.MFU): FLOPs counts the model FLOPs of a sequence,
+	// PeakFLOPS is the device's (PeakFLOPS(backend)).
+	FLOPs     *FLOPCount
+	PeakFLOPS float64
 
 	comm     dist.Comm // resolved; nil for a single process
 	opt      *AdamW
@@ -279,6 +287,12 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		if nTok == 0 {
 			return nil, fmt.Errorf("train: step %d: no trained tokens in its %d sequences", t.pos.Step+1, len(rows))
 		}
+		var flops float64
+		if t.FLOPs != nil && t.PeakFLOPS > 0 {
+			for _, r := range rows {
+				flops += t.FLOPs.Sequence(r.pos, r.seg, r.labels)
+			}
+		}
 		scale := float32(1 / float64(nTok))
 		t.Params.ZeroGrads()
 		var lossSum float64
@@ -322,8 +336,16 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		t.opt.Update(lr, params, grads)
 		t.pos = next
 		t.pos.Step = step
+		sec := max(time.Since(start).Seconds(), 1e-9)
 		sm := &StepMetrics{Step: step, Epoch: next.Epoch, Loss: loss, GradNorm: norm, LR: lr, Tokens: nTok,
-			TokensPerS: float64(nTok) / max(time.Since(start).Seconds(), 1e-9)}
+			TokensPerS: float64(nTok) / sec}
+		if flops > 0 {
+			ranks := 1
+			if t.comm != nil {
+				ranks = t.comm.Size()
+			}
+			sm.MFU = flops / sec / (t.PeakFLOPS * float64(ranks))
+		}
 		if err := t.writeMetrics(sm); err != nil {
 			return nil, err
 		}

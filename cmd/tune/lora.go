@@ -146,7 +146,22 @@ func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl tr
 			bar.Set64(done)
 		}
 	}
-	job, err := recipes.Setup(r, recipes.SetupOptions{DataProgress: dataProgress, DryRun: fl.dryRun})
+	sopts := recipes.SetupOptions{DataProgress: dataProgress, DryRun: fl.dryRun,
+		Warn: func(s string) { fmt.Fprintln(io.ErrOut, "warning: "+s) }}
+	devDesc := ""
+	if !fl.dryRun {
+		// --device, else train.device: a missing GPU is an error here, before
+		// anything is loaded (auto falls back to the CPU with a notice).
+		be, desc, err := trainBackend(r, io.ErrOut)
+		if err != nil {
+			return nil, err
+		}
+		if err := setupBackend(&sopts, be); err != nil {
+			return nil, err
+		}
+		devDesc = desc
+	}
+	job, err := recipes.Setup(r, sopts)
 	if bar != nil {
 		bar.Finish()
 		bar = nil
@@ -166,6 +181,7 @@ func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl tr
 	}
 	if !fl.json {
 		printPlan(io, plan)
+		fmt.Fprintf(io.Out, "device    %s\n", devDesc)
 	}
 
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
@@ -186,7 +202,7 @@ func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl tr
 	progress := func(e train.Event) {
 		switch {
 		case e.Train != nil && bar != nil:
-			bar.Describe(fmt.Sprintf("step %d/%d loss %.4f lr %.2e %.0f tok/s", e.Step, e.TotalSteps, e.Train.Loss, e.Train.LR, e.Train.TokensPerS))
+			bar.Describe(fmt.Sprintf("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", e.Step, e.TotalSteps, e.Train.Loss, e.Train.LR, e.Train.TokensPerS, mfuText(e.Train.MFU)))
 			bar.Set(e.Step)
 		case e.Eval != nil && !fl.json:
 			if bar != nil {
@@ -194,19 +210,21 @@ func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl tr
 			}
 			fmt.Fprintf(io.ErrOut, "step %d: validation loss %.4f (ppl %.3f, %d tokens)\n", e.Eval.Step, e.Eval.EvalLoss, e.Eval.EvalPPL, e.Eval.EvalTokens)
 		case e.Train != nil && !fl.json && !io.ErrTTY && (e.Step == 1 || e.Step%10 == 0 || e.Step == e.TotalSteps):
-			fmt.Fprintf(io.ErrOut, "step %d/%d: loss %.4f, grad norm %.3f, lr %.3g, %.0f tok/s\n",
-				e.Step, e.TotalSteps, e.Train.Loss, e.Train.GradNorm, e.Train.LR, e.Train.TokensPerS)
+			fmt.Fprintf(io.ErrOut, "step %d/%d: loss %.4f, grad norm %.3f, lr %.3g, %.0f tok/s%s\n",
+				e.Step, e.TotalSteps, e.Train.Loss, e.Train.GradNorm, e.Train.LR, e.Train.TokensPerS, mfuText(e.Train.MFU))
 		}
 	}
-	res, err := job.Train(ctx, recipes.TrainOptions{Resume: fl.resume, Force: fl.force, Progress: progress,
-		Log: func(format string, args ...any) {
-			if bar != nil {
-				bar.Clear()
-			}
-			if !fl.json {
-				fmt.Fprintf(io.ErrOut, format+"\n", args...)
-			}
-		}})
+	res, err := trainCatching(func() (*train.Result, error) {
+		return job.Train(ctx, recipes.TrainOptions{Resume: fl.resume, Force: fl.force, Progress: progress,
+			Log: func(format string, args ...any) {
+				if bar != nil {
+					bar.Clear()
+				}
+				if !fl.json {
+					fmt.Fprintf(io.ErrOut, format+"\n", args...)
+				}
+			}})
+	})
 	if bar != nil {
 		bar.Finish()
 		fmt.Fprintln(io.ErrOut)
@@ -220,6 +238,18 @@ func trainRecipe(parent context.Context, io *IOStreams, r *recipes.Recipe, fl tr
 		return nil, err
 	}
 	return res, nil
+}
+
+// mfuText is " MFU 12.3%" for the progress line (nothing when the
+// trainer reports no MFU).
+func mfuText(mfu float64) string {
+	switch {
+	case mfu <= 0:
+		return ""
+	case mfu < 0.001:
+		return fmt.Sprintf(" MFU %.3f%%", 100*mfu)
+	}
+	return fmt.Sprintf(" MFU %.1f%%", 100*mfu)
 }
 
 func recipeArg(fl trainFlags) string {

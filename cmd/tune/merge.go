@@ -78,6 +78,10 @@ func mergeRun(opts *MergeOptions) error {
 	if err != nil {
 		return err
 	}
+	// Same shapes, another name: a fine-tune of the base, or a mistake.
+	if err := a.CheckBase(opts.Base); err != nil {
+		fmt.Fprintf(opts.IO.ErrOut, "warning: %v: merging anyway (the shapes match)\n", err)
+	}
 	if err := lora.MergeWith(baseDir, opts.Out, a, lora.MergeOptions{DType: opts.DType, Force: opts.Force}); err != nil {
 		return err
 	}

@@ -10,7 +10,9 @@
 // back. Weights are uploaded once and cached on the device (keyed by their
 // host memory), as fp32 by default so results match the CPU backend to
 // fp32 rounding, or as bf16 with TUNE_CUDA_GEMM=bf16 (bf16 GEMM inputs,
-// fp32 accumulation: tensor-core speed, ~1e-2 relative agreement).
+// fp32 accumulation: tensor-core speed, ~1e-2 relative agreement). F32
+// weights (LoRA A and B, which the optimizer changes) are cached too and
+// uploaded again only when their host bytes changed (see weight).
 // Device-resident activations (no copies) come with a device-tensor API,
 // which the op set does not have yet.
 //
@@ -23,6 +25,7 @@
 package cuda
 
 import (
+	"bytes"
 	_ "embed"
 	"fmt"
 	"hash/fnv"
@@ -77,7 +80,11 @@ type Backend struct {
 
 	slots   [10]dbuf // scratch device buffers, grown on demand
 	weights map[wkey]*dweight
-	i32     []int32 // host scratch for token ids / segment starts
+	f32Held uint64 // device bytes of cached F32 weights (see weight)
+
+	i32 []int32 // host scratch for token ids / segment starts
+
+	live, peak uint64 // device bytes the backend has allocated now, and at most (MemStats)
 
 	argv []uint64  // kernel argument values
 	argp []uintptr // pointers to argv's elements, the kernelParams array
@@ -98,7 +105,21 @@ type wkey struct {
 
 type dweight struct {
 	f32, bf16 uint64
+	size      uint64 // bytes of f32 (bf16 holds half)
+	// F32 weights only: the host bytes last uploaded, compared in full on
+	// every use (so a changed weight is never served stale), and whether
+	// bf16 was converted from them.
+	shadow []byte
+	bf16ok bool
 }
+
+// F32 weights (LoRA A and B, trainable copies) are cached when one is at
+// most f32CacheMax bytes and the cache holds at most f32CacheTotal; larger
+// ones are uploaded on every call.
+const (
+	f32CacheMax   = 64 << 20
+	f32CacheTotal = 1 << 30
+)
 
 var _ kernels.Backend = (*Backend)(nil)
 
@@ -210,7 +231,8 @@ func (b *Backend) must(call string, r int32) {
 // says what was asked for and what is free.
 func (b *Backend) alloc(n uint64) (uint64, error) {
 	var p uint64
-	r := b.d.cuMemAlloc(&p, max(n, 4))
+	n = max(n, 4)
+	r := b.d.cuMemAlloc(&p, n)
 	if r == errOutOfMemory {
 		var free, total uint64
 		b.d.cuMemGetInfo(&free, &total)
@@ -220,7 +242,18 @@ func (b *Backend) alloc(n uint64) (uint64, error) {
 	if err := b.d.check("cuMemAlloc", r); err != nil {
 		return 0, err
 	}
+	b.live += n
+	b.peak = max(b.peak, b.live)
 	return p, nil
+}
+
+// free releases a buffer alloc returned (n: the size asked for).
+func (b *Backend) free(p, n uint64) {
+	if p == 0 {
+		return
+	}
+	b.must("cuMemFree", b.d.cuMemFree(p))
+	b.live -= min(b.live, max(n, 4))
 }
 
 // slot returns scratch buffer i with room for n bytes.
@@ -228,7 +261,7 @@ func (b *Backend) slot(i int, n uint64) uint64 {
 	s := &b.slots[i]
 	if s.size < n {
 		if s.ptr != 0 {
-			b.must("cuMemFree", b.d.cuMemFree(s.ptr))
+			b.free(s.ptr, s.size)
 			*s = dbuf{}
 		}
 		n = max(n, s.size*5/4)
@@ -375,16 +408,24 @@ func need(op, name string, got, want int) {
 
 // weight returns the device copy of w (fp32, or bf16 when bf16 is set).
 //
-// F32 weights are uploaded on every call, never cached: they are the
-// trainable copies (full fine-tuning, merged adapters) that change between
-// calls. BF16, F16 and quantized weights are checkpoint views (mmapped,
-// read-only by kernels.Weight's contract) and are uploaded and converted
-// once, keyed by their address, shape and a fingerprint of sampled bytes.
+// F32 weights are the trainable ones (LoRA A and B, full fine-tuning's
+// copies) and change between calls (optimizer steps, the adapter's shared
+// Bᵀ scratch): f32Weight keeps the device copy of each (address, shape)
+// with the host bytes it was made from, and uploads again only when they
+// differ (a host memcmp instead of a PCIe copy). BF16, F16 and quantized
+// weights are checkpoint views (mmapped, read-only by kernels.Weight's
+// contract) and are uploaded and converted once, keyed by their address,
+// shape and a fingerprint of sampled bytes.
 func (b *Backend) weight(w kernels.Weight, bf16 bool) (uint64, error) {
 	if err := w.Check(); err != nil {
 		return 0, err
 	}
 	n := uint64(w.Rows) * uint64(w.Cols)
+	if w.DType == kernels.F32 && n > 0 && n*4 <= f32CacheMax {
+		if p, ok, err := b.f32Weight(w, n, bf16); ok || err != nil {
+			return p, err
+		}
+	}
 	if w.DType == kernels.F32 {
 		p := b.slot(8, n*4)
 		if n > 0 {
@@ -405,6 +446,7 @@ func (b *Backend) weight(w kernels.Weight, bf16 bool) (uint64, error) {
 		dw = &dweight{}
 		b.weights[k] = dw
 	}
+	dw.size = n * 4
 	if bf16 {
 		if dw.bf16 != 0 {
 			return dw.bf16, nil
@@ -461,6 +503,45 @@ func (b *Backend) weight(w kernels.Weight, bf16 bool) (uint64, error) {
 	return p, nil
 }
 
+// f32Weight serves an F32 weight of n elements from the cache, uploading
+// it when its host bytes changed since the last upload; ok is false when
+// the cache is full (the caller uploads to scratch instead).
+func (b *Backend) f32Weight(w kernels.Weight, n uint64, bf16 bool) (p uint64, ok bool, err error) {
+	k := wkey{ptr: uintptr(unsafe.Pointer(&w.Data[0])), n: len(w.Data), dtype: kernels.F32, rows: w.Rows, cols: w.Cols}
+	host := w.Data[:n*4]
+	dw := b.weights[k]
+	if dw == nil {
+		if b.f32Held+n*4 > f32CacheTotal {
+			return 0, false, nil
+		}
+		p, err := b.alloc(n * 4)
+		if err != nil {
+			return 0, false, err
+		}
+		dw = &dweight{f32: p, size: n * 4}
+		b.weights[k] = dw
+		b.f32Held += n * 4
+	}
+	if dw.shadow == nil || !bytes.Equal(dw.shadow, host) {
+		b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(dw.f32, unsafe.Pointer(&host[0]), n*4))
+		dw.shadow = append(dw.shadow[:0], host...)
+		dw.bf16ok = false
+	}
+	if !bf16 {
+		return dw.f32, true, nil
+	}
+	if dw.bf16 == 0 {
+		if dw.bf16, err = b.alloc(n * 2); err != nil {
+			return 0, false, err
+		}
+	}
+	if !dw.bf16ok {
+		b.launch("f32_to_bf16", blocks(int(n), ewThreads), ewThreads, dw.bf16, dw.f32, int64(n))
+		dw.bf16ok = true
+	}
+	return dw.bf16, true, nil
+}
+
 // fingerprint hashes the first and last 256 bytes and 64 evenly spaced
 // 8-byte words: a cached weight whose buffer was rewritten in place gets a
 // new key (a cheap guard, not a proof; see weight).
@@ -490,13 +571,11 @@ func (b *Backend) Prepare(w kernels.Weight) error {
 func (b *Backend) ForgetWeights() {
 	defer b.enter()()
 	for k, w := range b.weights {
-		for _, p := range []uint64{w.f32, w.bf16} {
-			if p != 0 {
-				b.must("cuMemFree", b.d.cuMemFree(p))
-			}
-		}
+		b.free(w.f32, w.size)
+		b.free(w.bf16, w.size/2)
 		delete(b.weights, k)
 	}
+	b.f32Held = 0
 }
 
 func (b *Backend) mustWeight(op string, w kernels.Weight, bf16 bool) uint64 {

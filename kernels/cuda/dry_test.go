@@ -17,7 +17,11 @@ import (
 // (launch against the PTX signature, GEMM leading dimensions as cuBLAS
 // does). Running every op through it in CI catches marshalling mistakes
 // that would otherwise first show on a GPU.
-var dryLaunches = map[string]int{}
+var (
+	dryLaunches = map[string]int{}
+	dryHtoD     uint64 // bytes copied to the device
+	dryDtoH     uint64 // and back
+)
 
 func newDry(t *testing.T) *Backend {
 	next := uint64(1 << 20)
@@ -31,8 +35,14 @@ func newDry(t *testing.T) *Backend {
 		},
 		cuMemFree:    func(uint64) int32 { return 0 },
 		cuMemGetInfo: func(f, tot *uint64) int32 { return 0 },
-		cuMemcpyHtoD: func(uint64, unsafe.Pointer, uint64) int32 { return 0 },
-		cuMemcpyDtoH: func(unsafe.Pointer, uint64, uint64) int32 { return 0 },
+		cuMemcpyHtoD: func(_ uint64, _ unsafe.Pointer, n uint64) int32 {
+			dryHtoD += n
+			return 0
+		},
+		cuMemcpyDtoH: func(_ unsafe.Pointer, _ uint64, n uint64) int32 {
+			dryDtoH += n
+			return 0
+		},
 		cuLaunchKernel: func(fn uintptr, gx, gy, gz, bx, by, bz, smem uint32, stream uintptr, params, extra unsafe.Pointer) int32 {
 			dryLaunches[kernelNames[fn-1]]++
 			if gx == 0 || bx == 0 || bx > 1024 || bx%32 != 0 {
@@ -185,4 +195,35 @@ func TestDryModel(t *testing.T) {
 		})
 	}
 	t.Logf("kernel launches: %v", dryLaunches)
+}
+
+// TestDryQuantizedWeights: every block-quantized dtype (GGUF blocks, NF4,
+// the INT4/INT8 codes of QLoRA bases) uploads (dequantized on the host) and
+// multiplies through the dry backend, in both GEMM modes.
+func TestDryQuantizedWeights(t *testing.T) {
+	n := 0
+	for dt := kernels.DType(0); dt < 256; dt++ {
+		if !dt.Quantized() {
+			continue
+		}
+		e, _, ok := dt.Block()
+		if !ok || e <= 0 {
+			continue
+		}
+		for _, bf16 := range []bool{false, true} {
+			b := newDry(t)
+			b.bf16 = bf16
+			rows, cols := 3, 2*e
+			w := kernels.Weight{DType: dt, Data: make([]byte, rows*dt.RowBytes(cols)), Rows: rows, Cols: cols}
+			if err := b.Prepare(w); err != nil {
+				t.Fatalf("%v bf16=%v: %v", dt, bf16, err)
+			}
+			out := make([]float32, 2*rows)
+			b.MatMulForward(out, make([]float32, 2*cols), w, nil, 2)
+		}
+		n++
+	}
+	if n < 10 {
+		t.Fatalf("only %d quantized dtypes", n)
+	}
 }
