@@ -13,7 +13,7 @@ import (
 // TestIntBaseLogitsEqualWQFolder: a model whose base QuantizeBaseInt turned
 // into INT4/INT8 blocks with wq's round-to-nearest gives, through the
 // batched forward, the logits of the folder `tune quantize --format
-// safetensors` writes with the same scheme, loaded by wq.LoadModel (its
+// safetensors` writes with the same scheme, loaded by wq.LoadModelDense (its
 // linears dequantized to fp32 as vLLM and transformers compute them): bit
 // for bit. So QLoRA on an int4 base trains on the weights that will be
 // served.
@@ -31,7 +31,7 @@ func TestIntBaseLogitsEqualWQFolder(t *testing.T) {
 			if _, err := quantize.QuantizeSafetensors(src, out, o); err != nil {
 				t.Fatal(err)
 			}
-			ref, err := wq.LoadModel(out, model.LoadOptions{})
+			ref, err := wq.LoadModelDense(out, model.LoadOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

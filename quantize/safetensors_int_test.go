@@ -235,6 +235,7 @@ func TestLoadModelLogits(t *testing.T) {
 				}
 				errs[i] = logitsRelErr(t, ref, q, ids)
 				q.Close()
+				checkBlocks(t, out, map[int]string{4: "INT4", 8: "INT8"}[c.o.Bits])
 			}
 			t.Logf("%s %s: logits relative error gptq %.4g, compressed-tensors %.4g", m, c.name, errs[0], errs[1])
 			if errs[0] > c.tol || errs[1] > c.tol || errs[0] == 0 {
@@ -366,11 +367,11 @@ func TestQuantizeSafetensorsGPTQ(t *testing.T) {
 			t.Errorf("%s act-order %v: g_idx %v", c.layout, c.actOrder, q.GIdx)
 		}
 		f.Close()
-		m, err := wq.LoadModel(out, model.LoadOptions{})
-		if err != nil {
-			t.Fatal(err)
+		want := "INT4"
+		if c.actOrder {
+			want = "F32" // act-order's g_idx: the blocks cannot hold it
 		}
-		m.Close()
+		checkBlocks(t, out, want)
 	}
 	_, err := QuantizeSafetensors(wqModelDir("qwen3-tied"), filepath.Join(t.TempDir(), "q"), IntOptions{Bits: 4, GroupSize: 128, Sym: true,
 		Layout: wq.LayoutGPTQ, Method: "gptq", Calib: calib})
@@ -491,5 +492,46 @@ func TestGPTQBeatsRTNPerplexity(t *testing.T) {
 	t.Logf("held-out perplexity: base %.2f, int4 per-channel RTN %.2f, GPTQ %.2f", base, got["rtn"], got["gptq"])
 	if !(math.Abs(got["gptq"]-base) < 0.5*math.Abs(got["rtn"]-base)) {
 		t.Errorf("GPTQ's perplexity %.2f is not clearly closer to the base's %.2f than RTN's %.2f", got["gptq"], base, got["rtn"])
+	}
+}
+
+// checkBlocks: wq.LoadModel keeps the folder's linears in memory as the
+// integer blocks (a dtype named want... for layer 1's down_proj, F32 when the
+// blocks cannot hold them), and its logits over a batch equal those of the
+// folder dequantized to F32 beforehand (wq.LoadModelDense) bit for bit.
+func checkBlocks(t *testing.T, dir, want string) {
+	t.Helper()
+	q, err := wq.LoadModel(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	d, err := wq.LoadModelDense(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	w, err := q.LinearWeight(1, "down_proj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(w.DType.String(), want) {
+		t.Errorf("%s: down_proj held as %v, want %s", dir, w.DType, want)
+	}
+	ids := []int{3, 141, 59, 26, 53, 58, 97, 93, 23, 84, 62, 64}
+	a, err := q.ForwardLogits(q.NewCache(len(ids)), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.ForwardLogits(d.NewCache(len(ids)), ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range a {
+		for j := range a[i] {
+			if math.Float32bits(a[i][j]) != math.Float32bits(b[i][j]) {
+				t.Fatalf("%s: logit [%d,%d] %v with blocks, %v dequantized", dir, i, j, a[i][j], b[i][j])
+			}
+		}
 	}
 }

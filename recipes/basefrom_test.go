@@ -60,7 +60,7 @@ func adapterBase(t *testing.T, dir string) string {
 
 // TestBaseFromQuantizedFolder: lora.base_from a folder `tune quantize
 // --format safetensors` wrote trains on its codes as stored: the base's
-// linears are integer blocks that dequantize to wq.LoadModel's weights bit
+// linears are integer blocks that dequantize to wq.LoadModelDense's weights bit
 // for bit, and the run equals (same loss, bit for bit) the run that
 // quantizes model.path at load with the same scheme (lora.base_quant int4,
 // group 32). The adapter names model.path as its base. With the quantized
@@ -74,7 +74,7 @@ func TestBaseFromQuantizedFolder(t *testing.T) {
 	if p.BaseFrom != q || p.BaseQuantized != "int4 g32 sym (gptq)" || p.Memory.BaseQuantized == 0 || p.Memory.BaseQuant != "int4 g32 sym (gptq)" {
 		t.Fatalf("plan: base %q %q, memory %+v", p.BaseFrom, p.BaseQuantized, p.Memory)
 	}
-	ref, err := wq.LoadModel(q, model.LoadOptions{})
+	ref, err := wq.LoadModelDense(q, model.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

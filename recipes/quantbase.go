@@ -83,17 +83,12 @@ func quantizeBaseInt(m *model.Model, mode string, s wq.Scheme, dryRun bool) (den
 		if err != nil {
 			return model.IntLinear{}, err
 		}
-		return intLinear(q), nil
+		return wq.IntLinear(q), nil
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("recipes: lora.base_quant %s: %w", mode, err)
 	}
 	return dense, m.BaseLinearBytes(), nil
-}
-
-func intLinear(q *wq.QTensor) model.IntLinear {
-	return model.IntLinear{Name: q.Name, Rows: q.Rows, Cols: q.Cols, Bits: q.Scheme.Bits, GroupSize: q.Scheme.GroupSize,
-		Q: q.Q, Scales: q.Scales, Zeros: q.Zeros, GIdx: q.GIdx}
 }
 
 // folderSource serves a quantized folder to model.New: its quantized
@@ -114,7 +109,7 @@ func (s folderSource) QuantWeight(name string) (kernels.Weight, bool, error) {
 	if err != nil {
 		return kernels.Weight{}, false, err
 	}
-	w, err := model.IntWeight(intLinear(q))
+	w, err := model.IntWeight(wq.IntLinear(q))
 	if err != nil {
 		return kernels.Weight{}, false, fmt.Errorf("wq: %w", err)
 	}

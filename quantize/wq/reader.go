@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/model/safetensors"
 )
@@ -248,13 +249,39 @@ func (c copySource) Tensor(name string) (safetensors.Tensor, error) {
 	return t, nil
 }
 
-// LoadModel loads a quantized folder (either layout) for evaluation: every
-// quantized linear is dequantized to F32 exactly as the layout's loaders
-// compute it (scale*(q-zero), fp16 scales), everything else is taken as
-// stored; a tied or untied lm_head follows config.json as model.Load does.
-// The weights live in memory (4 bytes per quantized weight), so this is
-// for validation (tune eval, generate), not for serving large models.
+// LoadModel loads a quantized folder (either layout) for evaluation. Each
+// quantized linear stays quantized in memory as the integer blocks of
+// kernels/qblock (the stored codes, fp16 scales and zero points: about
+// bits/8 bytes per weight, so an INT4 8B model evaluates in ~5 GB), and the
+// matmuls dequantize it block by block to exactly what the layout's loaders
+// compute (scale*(q-zero)): the logits equal those of the model dequantized
+// to F32 beforehand (LoadModelDense), bit for bit in batched passes. A
+// linear the blocks cannot hold (act-order g_idx, a group that does not
+// tile) is dequantized to F32 instead. Everything else is used as stored,
+// from the mapping the model keeps until Close; a tied or untied lm_head
+// follows config.json as model.Load does.
 func LoadModel(dir string, opts model.LoadOptions) (*model.Model, error) {
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	f, err := OpenFolder(dir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := model.New(cfg, blockSource{f}, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	m.SetCloser(f)
+	return m, nil
+}
+
+// LoadModelDense is LoadModel with every quantized linear dequantized to
+// F32 (4 bytes per weight): the reference LoadModel's blocks are checked
+// against.
+func LoadModelDense(dir string, opts model.LoadOptions) (*model.Model, error) {
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -265,4 +292,33 @@ func LoadModel(dir string, opts model.LoadOptions) (*model.Model, error) {
 	}
 	defer f.Close()
 	return model.New(cfg, copySource{f}, opts)
+}
+
+// IntLinear is q as model.IntWeight takes it.
+func IntLinear(q *QTensor) model.IntLinear {
+	return model.IntLinear{Name: q.Name, Rows: q.Rows, Cols: q.Cols, Bits: q.Scheme.Bits, GroupSize: q.Scheme.GroupSize,
+		Q: q.Q, Scales: q.Scales, Zeros: q.Zeros, GIdx: q.GIdx}
+}
+
+// blockSource serves a folder's quantized linears as integer blocks, and
+// as F32 (through Tensor) those the blocks cannot hold.
+type blockSource struct{ f *Folder }
+
+var _ model.QuantSource = blockSource{}
+
+func (s blockSource) Tensor(name string) (safetensors.Tensor, error) { return s.f.Tensor(name) }
+
+func (s blockSource) QuantWeight(name string) (kernels.Weight, bool, error) {
+	if !strings.HasSuffix(name, ".weight") || !s.f.IsQuantized(name) {
+		return kernels.Weight{}, false, nil
+	}
+	q, err := s.f.QTensor(name)
+	if err != nil {
+		return kernels.Weight{}, false, err
+	}
+	w, err := model.IntWeight(IntLinear(q))
+	if err != nil {
+		return kernels.Weight{}, false, nil // act-order or an odd group: F32 through Tensor
+	}
+	return w, true, nil
 }
