@@ -37,7 +37,22 @@ var (
 	out     = flag.String("out", "docs/BENCHMARKS.md", "where to write the results")
 	reps    = flag.Int("reps", 3, "repetitions; the median is reported")
 	dataSz  = flag.String("data-size", "1GB", "size of the synthetic chat JSONL for the data pipeline (0 = skip)")
+	only    = flag.String("only", "", "run only these comma-separated groups: tokenizer, gemm, forward, quant (quantization and quantized inference), qgguf (only the quantized GGUF inference rows), lora, data, legal; the table is printed, and written only with an explicit -out")
+	qmm     = flag.String("qmatmul", "q8", "TUNE_QMATMUL for tune on the quantized GGUF rows: exact (dequantize, fp32), q8 (8-bit activations, as llama.cpp) or both")
 )
+
+// want reports whether group g runs under -only.
+func want(g string) bool {
+	if *only == "" {
+		return true
+	}
+	for _, o := range strings.Split(*only, ",") {
+		if strings.TrimSpace(o) == g {
+			return true
+		}
+	}
+	return false
+}
 
 func main() {
 	flag.Parse()
@@ -45,16 +60,36 @@ func main() {
 	check(err)
 	defer os.RemoveAll(tmp)
 
+	outSet := false
+	flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
 	var rows []row
-	rows = append(rows, tokenizerBench(tmp)...)
-	rows = append(rows, gemmBench(tmp)...)
-	rows = append(rows, forwardBench(tmp)...)
-	rows = append(rows, quantBench(tmp)...)
-	rows = append(rows, loraBench(tmp)...)
-	if *dataSz != "0" {
+	if want("tokenizer") {
+		rows = append(rows, tokenizerBench(tmp)...)
+	}
+	if want("gemm") {
+		rows = append(rows, gemmBench(tmp)...)
+	}
+	if want("forward") || want("quant") || want("qgguf") || want("lora") {
+		genModel(tmp)
+	}
+	if want("forward") {
+		rows = append(rows, forwardBench(tmp)...)
+	}
+	if want("quant") {
+		rows = append(rows, quantBench(tmp)...)
+	}
+	if want("quant") || want("qgguf") {
+		rows = append(rows, qggufBench(tmp)...)
+	}
+	if want("lora") {
+		rows = append(rows, loraBench(tmp)...)
+	}
+	if *dataSz != "0" && want("data") {
 		rows = append(rows, dataBench(tmp)...)
 	}
-	rows = append(rows, legalBench(tmp)...)
+	if want("legal") {
+		rows = append(rows, legalBench(tmp)...)
+	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (bench/run.go) on %s. Every ratio is tune divided by the anchor\nmeasured in the same run on the same machine (higher is better for speeds, lower for memory).\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
@@ -69,7 +104,9 @@ func main() {
 		fmt.Fprintf(&b, "| %s | %s %s | %s | %s %s | %.2f |\n", r.name, fmtNum(r.tune), r.unit, r.anchorName, fmtNum(r.anchor), r.unit, ratio)
 	}
 	b.WriteString(notes)
-	check(os.WriteFile(*out, []byte(b.String()), 0o644))
+	if *only == "" || outSet {
+		check(os.WriteFile(*out, []byte(b.String()), 0o644))
+	}
 	fmt.Print(b.String())
 }
 
@@ -99,7 +136,9 @@ How each number is taken:
 - Quantization: ` + "`tune quantize --json`" + ` on the BF16 bench-qwen3-small folder (input MB/s; peak RSS of the process, which
   includes the pages of the memory-mapped input it has read). llama-quantize itself is not available here (node-llama-cpp
   ships no tools), so these are absolute numbers. Quantized inference: ` + "`tune generate --stats`" + ` on the Q8_0 and
-  Q4_K_M GGUF files tune wrote, against llama.cpp's bench.mjs on the very same files (pp512 and generation).
+  Q4_K_M GGUF files tune wrote, against llama.cpp's bench.mjs on the very same files (pp512 and generation);
+  tune runs them with TUNE_QMATMUL=q8 (8-bit activations, llama.cpp's scheme; -qmatmul exact|q8|both), and
+  ` + "`go run bench/run.go -only qgguf`" + ` measures just these rows.
 - LoRA step: tune's BenchmarkTrainStep512 (model/backward_test.go: forward + backward of one 512-token
   packed sequence, rank-16 adapter on every linear module, BF16 base weights; peak RSS of that benchmark
   process, which holds the model in memory) against testdata/gen/lora_bench.py (PyTorch eager CPU, forward +
@@ -140,10 +179,16 @@ func tokenizerBench(tmp string) []row {
 	return rows
 }
 
-func forwardBench(tmp string) []row {
+// genModel writes bench-qwen3-small and its F32 GGUF export into tmp.
+func genModel(tmp string) {
 	dir := filepath.Join(tmp, "bench-qwen3-small")
 	gguf := filepath.Join(tmp, "bench-qwen3-small-f32.gguf")
 	run("go", "run", "bench/gen_model.go", "-gguf", gguf, dir)
+}
+
+func forwardBench(tmp string) []row {
+	dir := filepath.Join(tmp, "bench-qwen3-small")
+	gguf := filepath.Join(tmp, "bench-qwen3-small-f32.gguf")
 	ensureLlamaCpp()
 	var llpp, lltg []float64
 	for i := 0; i < *reps; i++ {
@@ -214,11 +259,33 @@ func quantBench(tmp string) []row {
 		rows = append(rows, row{name: name, unit: "MB/s", anchorName: "(absolute; wall time incl. start-up)", tune: in / secs},
 			row{name: name + ", peak RSS", unit: "MB", anchorName: "its BF16 input", tune: rss, anchor: in})
 	}
+	return rows
+}
+
+// qggufBench runs the Q8_0 and Q4_K_M GGUF files (written by quantBench, or
+// here when only this group runs) in tune (TUNE_QMATMUL per -qmatmul) and in
+// llama.cpp.
+func qggufBench(tmp string) []row {
+	dir := filepath.Join(tmp, "bench-qwen3-small")
+	files := []struct{ label, file, typ string }{{"Q8_0", "q8_0.gguf", "Q8_0"}, {"Q4_K_M", "q4_k_m.gguf", "Q4_K_M"}}
+	for _, q := range files {
+		path := filepath.Join(tmp, q.file)
+		if _, err := os.Stat(path); err != nil {
+			run("bin/tune", "quantize", "--model", dir, "--out", path, "--force", "--format", "gguf", "--type", q.typ)
+		}
+	}
+	modes := []string{*qmm}
+	if *qmm == "both" {
+		modes = []string{"exact", "q8"}
+	}
+	ensureLlamaCpp()
+	var rows []row
 	re := regexp.MustCompile(`prompt: (\d+) tokens in [0-9.]+s \(([0-9.]+) tok/s\); generated: (\d+) tokens \(([0-9.]+) tok/s\)`)
 	prompt := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 12)[:512]
-	for _, q := range []struct{ label, file string }{{"Q8_0", "q8_0.gguf"}, {"Q4_K_M", "q4_k_m.gguf"}} {
+	for _, q := range files {
 		path := filepath.Join(tmp, q.file)
-		var llpp, lltg, pp, tg []float64
+		var llpp, lltg []float64
+		pp, tg := map[string][]float64{}, map[string][]float64{}
 		for i := 0; i < *reps; i++ {
 			o := run("node", "bench/llamacpp/bench.mjs", path, "--threads", strconv.Itoa(*threads), "--reps", "1")
 			var r struct {
@@ -227,22 +294,30 @@ func quantBench(tmp string) []row {
 			}
 			check(json.Unmarshal([]byte(lastLine(o)), &r))
 			llpp, lltg = append(llpp, r.PP), append(lltg, r.TG)
-			cmd := exec.Command("bin/tune", "generate", "--model", path, "--prompt", prompt, "--temperature", "0", "--max-tokens", "64", "--ignore-eos", "--stats")
-			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			check(cmd.Run())
-			m := re.FindStringSubmatch(stderr.String())
-			if m == nil {
-				fail("tune generate --stats on %s printed %q", path, stderr.String())
+			for _, mode := range modes {
+				cmd := exec.Command("bin/tune", "generate", "--model", path, "--prompt", prompt, "--temperature", "0", "--max-tokens", "64", "--ignore-eos", "--stats")
+				cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads), "TUNE_QMATMUL="+mode)
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				check(cmd.Run())
+				m := re.FindStringSubmatch(stderr.String())
+				if m == nil {
+					fail("tune generate --stats on %s printed %q", path, stderr.String())
+				}
+				v, _ := strconv.ParseFloat(m[2], 64)
+				w, _ := strconv.ParseFloat(m[4], 64)
+				pp[mode], tg[mode] = append(pp[mode], v), append(tg[mode], w)
 			}
-			v, _ := strconv.ParseFloat(m[2], 64)
-			w, _ := strconv.ParseFloat(m[4], 64)
-			pp, tg = append(pp, v), append(tg, w)
 		}
-		rows = append(rows,
-			row{name: "prompt processing, 512 tokens, bench-qwen3-small " + q.label + " GGUF", unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(pp), anchor: median(llpp)},
-			row{name: "generation, bench-qwen3-small " + q.label + " GGUF", unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(tg), anchor: median(lltg)})
+		for _, mode := range modes {
+			suffix := ""
+			if mode == "q8" {
+				suffix = ", 8-bit activations"
+			}
+			rows = append(rows,
+				row{name: "prompt processing, 512 tokens, bench-qwen3-small " + q.label + " GGUF" + suffix, unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(pp[mode]), anchor: median(llpp)},
+				row{name: "generation, bench-qwen3-small " + q.label + " GGUF" + suffix, unit: "tok/s", anchorName: "llama.cpp (same file)", tune: median(tg[mode]), anchor: median(lltg)})
+		}
 	}
 	return rows
 }

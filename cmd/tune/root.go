@@ -81,6 +81,8 @@ Start with the demo, on the model and data shipped in the repository (about 5 mi
 		return &FlagError{Err: err}
 	})
 	addDeviceFlag(root)
+	addThreadsFlag(root)
+	qmatmulDefault()
 	root.AddCommand(newCmdEnv(f, nil))
 	root.AddCommand(newCmdDownload(f, nil))
 	root.AddCommand(newCmdExport(f))

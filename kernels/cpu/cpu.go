@@ -23,6 +23,7 @@ package cpu
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tunellm/tune/kernels"
 )
@@ -38,14 +39,16 @@ type Backend struct {
 	pool *pool
 
 	// One task value per op, reused so that dispatching does not allocate.
-	emb  embeddingTask
-	mm   matmulTask
-	norm rmsnormTask
-	rope ropeTask
-	att  attentionTask
-	ew   elementwiseTask
-	sm   softmaxTask
-	nll  nllTask
+	emb   embeddingTask
+	mm    matmulTask
+	qmm   qmmTask
+	bf16s bf16State // the bf16-compute matmuls' scratch and tasks (gemm_bf16.go)
+	norm  rmsnormTask
+	rope  ropeTask
+	att   attentionTask
+	ew    elementwiseTask
+	sm    softmaxTask
+	nll   nllTask
 
 	embB  embeddingBackTask
 	mmB   matmulBackTask
@@ -59,13 +62,26 @@ type Backend struct {
 	rstd, lse, dsum []float32
 	// MatMulBackward's transposed dout ([OC,T]) for dW.
 	doutT []float32
+	// The 8-bit activation rows of the int8 quantized matmul (qint8mm.go).
+	qact q8Rows
 }
 
 var _ kernels.Backend = (*Backend)(nil)
 
-// New returns a backend with the given number of workers (<= 0: GOMAXPROCS).
-// The workers live as long as the process.
+var defaultWorkers atomic.Int32
+
+// SetDefaultWorkers sets the worker count of backends created afterwards
+// with New(0), among them the one kernels.Get("cpu") opens (tune's
+// --threads); n <= 0 restores GOMAXPROCS.
+func SetDefaultWorkers(n int) { defaultWorkers.Store(int32(max(n, 0))) }
+
+// New returns a backend with the given number of workers (<= 0: the
+// SetDefaultWorkers value, else GOMAXPROCS). The workers live as long as the
+// process.
 func New(workers int) *Backend {
+	if workers <= 0 {
+		workers = int(defaultWorkers.Load())
+	}
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}

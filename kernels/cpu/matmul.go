@@ -28,6 +28,13 @@ func (b *Backend) MatMulForward(out, in []float32, w kernels.Weight, bias []floa
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if useInt8(w) {
+		b.qmatmul(out, in, w, bias, T) // qint8mm.go
+		return
+	}
+	if b.matmulBF16(out, in, w, bias, T) { // gemm_bf16.go: bf16 compute mode
+		return
+	}
 	m := &b.mm
 	mb, n := gemmSplit(T, OC, len(b.pool.workers))
 	*m = matmulTask{out: out, in: in, bias: bias, b: gemmB{kind: bWeightT, w: w}, T: T, C: C, OC: OC, mb: mb, nt: (OC + gemmNC - 1) / gemmNC}
@@ -116,7 +123,7 @@ func (b *Backend) MatMulBackward(din, dw, dbias, dout, in []float32, w kernels.W
 	m := &b.mmB
 	workers := len(b.pool.workers)
 	*m = matmulBackTask{din: din, dw: dw, dbias: dbias, dout: dout, in: in, T: T, C: C, OC: OC}
-	if din != nil {
+	if din != nil && !b.matmulBackBF16(din, dout, w, T) { // gemm_bf16.go: bf16 compute mode
 		mb, n := gemmSplit(T, C, workers)
 		m.b = gemmB{kind: bWeight, w: w}
 		m.mb, m.nt, m.phase = mb, (C+gemmNC-1)/gemmNC, 0

@@ -19,6 +19,9 @@ type worker struct {
 	row     []float32 // matmul: one converted weight row segment
 	cs      []float32 // matmul: a micro-kernel's output block at the edges
 	acc     []float32 // attention backward: dk, dv accumulators
+	kr      kRow      // qint8: one weight row's decoded K-quant scales
+	qd      []float32 // qint8: dot products of one weight row with a run of activation rows
+	k8      k8Group   // qint8: eight K-quant rows prepared for the VNNI kernel (amd64)
 }
 
 // grow returns (*buf)[:n], reallocating when too small.

@@ -2,7 +2,9 @@ package cpu
 
 import "github.com/tunellm/tune/kernels"
 
-// Matmuls on block-quantized weights (GGUF Q8_0 … Q6_K).
+// Matmuls on block-quantized weights (GGUF Q8_0 … Q6_K), in the exact mode
+// (QExact, the default; qmode.go). The q8 mode, llama.cpp's 8-bit
+// activations and integer dot products, is qint8mm.go.
 //
 // Several rows (T > 1, prompt processing, perplexity) go through the same
 // packed gemm as the float weights: pack decodes the [kc, nc] block of Wᵀ

@@ -65,6 +65,7 @@ func dequantF32(t testing.TB, w kernels.Weight) (kernels.Weight, []float32) {
 // included) is within 1e-5 (relative to sum |in*w|) of a float64 dot product
 // over the dequantized matrix.
 func TestQuantMatMul(t *testing.T) {
+	defer SetQMatMulMode(SetQMatMulMode(QExact)) // the exact mode, whatever TUNE_QMATMUL says
 	r := rand.New(rand.NewPCG(21, 22))
 	b := New(3)
 	for _, dt := range kernels.DTypes {
@@ -160,6 +161,7 @@ func TestWeightCheckQuant(t *testing.T) {
 // BenchmarkQuantMatMul: one decoding step (T=1) and a 64-row prompt chunk
 // through an [OC=3072, C=1024] weight of each type, against BF16.
 func BenchmarkQuantMatMul(b *testing.B) {
+	defer SetQMatMulMode(SetQMatMulMode(QExact))
 	r := rand.New(rand.NewPCG(27, 28))
 	be := New(0)
 	const OC, C = 3072, 1024
