@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/tunellm/tune/kernels/cpu"
 	"github.com/tunellm/tune/model"
 )
 
@@ -102,26 +103,34 @@ func BenchmarkTrainStep512(b *testing.B) {
 			labels[t] = -100
 		}
 	}
-	for _, ckpt := range []bool{false, true} {
-		name := "keep"
-		if ckpt {
-			name = "checkpointing"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []struct {
+		name       string
+		ckpt, bf16 bool
+	}{{"keep", false, false}, {"checkpointing", true, false}, {"keep-bf16", false, true}} {
+		ckpt := c.ckpt
+		b.Run(c.name, func(b *testing.B) {
+			// keep-bf16: the frozen base's matmuls in bf16 compute
+			// (cpu.SetComputeBF16; fp32 where the CPU lacks AVX512_BF16).
+			defer cpu.SetComputeBF16(cpu.SetComputeBF16(c.bf16))
 			p, err := m.NewPass(T, model.TrainOptions{Adapter: a, Checkpointing: ckpt})
 			if err != nil {
 				b.Fatal(err)
 			}
+			var loss float64
 			for b.Loop() {
 				a.ZeroGrads()
-				if _, _, err := p.Forward(tokens, pos, seg, labels); err != nil {
+				sum, n, err := p.Forward(tokens, pos, seg, labels)
+				if err != nil {
 					b.Fatal(err)
 				}
+				loss = sum / float64(max(n, 1))
 				if err := p.Backward(1.0 / T); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(T*b.N)/b.Elapsed().Seconds(), "tokens/s")
+			b.ReportMetric(loss, "loss")
+			b.Logf("%s: loss %.7f", c.name, loss)
 		})
 	}
 }

@@ -128,6 +128,7 @@ type TrainSection struct {
 	MaxGradNorm           float64
 	Seed                  uint64
 	Device                string
+	ComputeDType          string // f32, bf16: the frozen base's matmuls (kernels/cpu SetComputeBF16)
 	EvalEvery             int
 	SaveEvery             int
 	KeepCheckpoints       int
@@ -366,6 +367,11 @@ func (r *Recipe) Validate() error {
 	case "cpu", "cuda", "auto":
 	default:
 		return r.errorf("train.device", "%q is not supported (supported: cpu, cuda, auto)", t.Device)
+	}
+	switch t.ComputeDType {
+	case "f32", "bf16":
+	default:
+		return r.errorf("train.compute_dtype", "%q is not supported (supported: f32, bf16)", t.ComputeDType)
 	}
 	if t.Epochs == 0 && t.MaxSteps == 0 {
 		return r.errorf("train.epochs", "train.epochs and train.max_steps are both 0: nothing to train")

@@ -27,7 +27,7 @@ func TestDefaults(t *testing.T) {
 	// The documented defaults, written out by hand.
 	want := TrainSection{Mode: "lora", Epochs: 1, BatchSize: 1, GradAccum: 1, MaxSeqLen: 2048, Packing: true,
 		LR: 2e-4, Schedule: "cosine", WarmupSteps: 10, AdamBeta1: 0.9, AdamBeta2: 0.999, AdamEps: 1e-8,
-		MaxGradNorm: 1, Seed: 42, Device: "cpu", EvalEvery: 100, SaveEvery: 100, KeepCheckpoints: 3}
+		MaxGradNorm: 1, Seed: 42, Device: "cpu", ComputeDType: "f32", EvalEvery: 100, SaveEvery: 100, KeepCheckpoints: 3}
 	if !reflect.DeepEqual(r.Train, want) {
 		t.Errorf("train defaults\n got %+v\nwant %+v", r.Train, want)
 	}

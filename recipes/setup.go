@@ -11,6 +11,7 @@ import (
 
 	"github.com/tunellm/tune/data"
 	"github.com/tunellm/tune/kernels"
+	"github.com/tunellm/tune/kernels/cpu"
 	"github.com/tunellm/tune/lora"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/model/safetensors"
@@ -173,6 +174,15 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 		return fail(err)
 	}
 	j.m = lb.m
+	if r.Train.ComputeDType == "bf16" {
+		if be := j.m.Backend(); be != nil && be.Name() != "cpu" {
+			warn("train.compute_dtype bf16 applies to the CPU backend; on %s, TUNE_CUDA_GEMM=bf16 selects bf16 GEMMs", be.Name())
+		} else if !cpu.HasBF16() {
+			warn("train.compute_dtype bf16: this CPU has no AVX512_BF16; the matmuls run in f32")
+		} else if w, err := j.m.LinearWeight(0, "q_proj"); err == nil && w.DType != kernels.BF16 {
+			warn("train.compute_dtype bf16: the base's linears are %v, not BF16; they run in f32", w.DType)
+		}
+	}
 	baseMode, baseDense, baseQuant := lb.mode, lb.dense, lb.quant
 	if from != "" {
 		j.plan.BaseFrom, j.plan.BaseQuantized = from, lb.mode
@@ -200,7 +210,7 @@ func Setup(r *Recipe, opts SetupOptions) (*Job, error) {
 		if err != nil {
 			return fail(err)
 		}
-		j.run, act = l, l.Pass.ActivationBytes()
+		j.run, act = l, l.ActivationBytes() // the device slab when the pass runs on a GPU
 	}
 	j.plan.Memory = train.EstimateMemory(weights, act, trainable)
 	if baseQuant > 0 {
@@ -232,6 +242,14 @@ func (j *Job) Train(ctx context.Context, opts TrainOptions) (*train.Result, erro
 	}
 	cfg := j.r.TrainConfig()
 	cfg.Resume, cfg.Force = opts.Resume, opts.Force
+	if j.r.Train.ComputeDType == "bf16" {
+		// The frozen base's matmuls in bf16 compute while training only:
+		// the validations after it stay exact.
+		defer cpu.SetComputeBF16(cpu.SetComputeBF16(true))
+	}
+	// A quantized base's forward must be the function backward
+	// differentiates (dequantize, then fp32), not llama.cpp's 8-bit one.
+	defer cpu.SetQMatMulMode(cpu.SetQMatMulMode(cpu.QExact))
 	peak, _ := train.PeakFLOPS(j.m.Backend())
 	t := &train.Trainer{Cfg: cfg, Model: j.run, Params: j.run, Data: j.ds, Progress: opts.Progress, Log: opts.Log,
 		FLOPs: train.NewFLOPCount(j.mc, j.ad), PeakFLOPS: peak}

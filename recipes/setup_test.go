@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
-	_ "github.com/tunellm/tune/kernels/cpu" // the CPU backend registers itself
+	"github.com/tunellm/tune/kernels/cpu"
 	"github.com/tunellm/tune/model"
 	"github.com/tunellm/tune/train"
 )
@@ -120,5 +122,50 @@ func TestTrainerDropoutChangesTheRun(t *testing.T) {
 	y, _ := os.ReadFile(filepath.Join(b, "run", "adapter", "adapter_model.safetensors"))
 	if bytes.Equal(x, y) {
 		t.Error("dropout 0.1 and 0 trained the same adapter")
+	}
+}
+
+// TestComputeDTypeBF16: train.compute_dtype bf16 trains the BF16 tiny
+// model with the bf16-compute matmuls (a loss near, but not equal to, the
+// f32 run's), only while training (the mode is off again after), or, on a
+// CPU without AVX512_BF16, warns and trains in f32 (the same loss).
+func TestComputeDTypeBF16(t *testing.T) {
+	bf16Model := "model.path=../testdata/models/qwen3-untied-bf16"
+	d := t.TempDir()
+	f32, err := tinyJob(t, filepath.Join(d, "f32"), bf16Model).Train(context.Background(), TrainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Load("tiny-test.yaml", []string{"output.dir=" + filepath.Join(d, "bf16", "run"), "dataset.cache_dir=" + filepath.Join(d, "bf16", "cache"),
+		"train.max_steps=8", "train.eval_every=3", "train.save_every=0", "lora.dropout=0.1", "train.schedule=cosine", "train.warmup_steps=2",
+		bf16Model, "train.compute_dtype=bf16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warns []string
+	j, err := Setup(r, SetupOptions{Warn: func(s string) { warns = append(warns, s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	bf, err := j.Train(context.Background(), TrainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu.ComputeBF16() {
+		t.Error("bf16 compute still on after training")
+	}
+	t.Logf("final loss f32 %.7f, bf16 %.7f; warnings %q", f32.Loss, bf.Loss, warns)
+	if !cpu.HasBF16() {
+		if len(warns) == 0 || bf.Loss != f32.Loss {
+			t.Fatalf("no AVX512_BF16: warnings %q, loss %v vs f32 %v", warns, bf.Loss, f32.Loss)
+		}
+		return
+	}
+	if len(warns) != 0 || bf.Loss == f32.Loss || math.Abs(bf.Loss-f32.Loss) > 0.02*math.Abs(f32.Loss) {
+		t.Fatalf("bf16 compute: warnings %q, loss %v vs f32 %v (want different, within 2%%)", warns, bf.Loss, f32.Loss)
+	}
+	if _, err := Load("tiny-test.yaml", []string{"train.compute_dtype=f16"}); err == nil || !strings.Contains(err.Error(), `train.compute_dtype: "f16" is not supported (supported: f32, bf16)`) {
+		t.Errorf("compute_dtype f16: %v", err)
 	}
 }
