@@ -11,7 +11,9 @@
 #   1. nvidia-smi and `tune env`
 #   2. op-by-op: cuda backend vs the CPU backend (fp32 GEMMs), random inputs
 #      with odd sizes, and the tiny models of testdata/models end to end
-#      (logits, window NLL, full training pass loss and gradients)
+#      (logits, window NLL, full training pass loss and gradients); the
+#      dequant kernels bit for bit vs kernels/qblock, and matmul forward/din
+#      on every block-quantized dtype (dequantized on the device) vs the CPU
 #   3. LoRA training: loss and LoRA grads vs PyTorch (testdata/golden), a
 #      50-step fine-tune on CUDA vs the CPU (loss curves as a table)
 #   4. the same with TUNE_CUDA_GEMM=bf16 (bf16 GEMM inputs, fp32 accumulate)
@@ -22,7 +24,14 @@
 #      (metrics.jsonl: loss per step, mfu), and `tune eval ppl` cpu vs cuda
 #   8. throughput: GEMM, attention fwd/bwd (torch's GEMM and SDPA as the
 #      ceiling), then LoRA r=16 training of a Qwen3-8B-shaped model with
-#      random bf16 weights, seq 2048: tokens/s, MFU, peak GPU memory
+#      random bf16 weights: the device-resident pass with the optimizer on
+#      the device (seq 2048 without and with checkpointing, seq 8192 with),
+#      then through train.Trainer (seq 2048): tokens/s, MFU, peak GPU memory
+# The device-resident LoRA pass (kernels/cuda/devpass.go) is checked in
+# stages 2-4 (DevicePassGPU: loss and LoRA grads vs the CPU's model.Pass on
+# the tiny models), and LoRAGolden, FineTune50 and `tune lora --device cuda`
+# run through it too (train.NewLoRA picks it; TUNE_CUDA_PASS=host does not).; and
+#      QLoRA (the linears in NF4 on the device): base and step memory
 # Output in $OUT (at most 8 files come back): gpu-check.txt (everything),
 # summary.txt (the short table, also printed last), logs.tgz (one log per
 # stage, the op tables, the reference data's json). It never resets or
@@ -94,14 +103,15 @@ cd "$ROOT/kernels/cuda"
 # launch so a fault names its kernel.
 export TUNE_CUDA_SYNC=1
 export TUNE_CUDA_TRAIN_OUT=$WORK/train.txt
-stage ci-side 30 "$TEST" -test.count=1 -test.v -test.run 'TestPTX|TestNoDriver|TestSearch|TestOpenLibrary|TestBlocks|TestSupports|TestDry'
+stage ci-side 30 "$TEST" -test.count=1 -test.v -test.run 'TestPTX|TestNoDriver|TestSearch|TestOpenLibrary|TestBlocks|TestSupports|TestDry|TestSim|^TestDevicePass(Step|Trainer|Rejects|Memory8B)?$|TestFake'
 for t in Embedding MatMul RMSNorm RoPE Attention Elementwise SoftmaxNLL AdamW BF16Round; do
 	TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage "ops-$t" 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run "^TestOps$t\$"
 done
-for t in ModelForward ModelTrainPass LoRAGolden FineTune50; do
+TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage dequant 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run '^(TestDequantKernels|TestQuantMatMul)$'
+for t in ModelForward ModelTrainPass DevicePassGPU LoRAGolden FineTune50; do
 	TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage "$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
-for t in OpsMatMul ModelForward FineTune50; do
+for t in OpsMatMul QuantMatMul ModelForward DevicePassGPU FineTune50; do
 	TUNE_CUDA_GEMM=bf16 TUNE_CUDA_REPORT=$WORK/ops-bf16.txt stage "bf16-$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
 
@@ -157,12 +167,22 @@ TUNE_CUDA_BENCH=1 TUNE_CUDA_BENCH_OUT=$WORK/bench.txt stage bench 60 "$TEST" -te
 if [ $REQUIRE = 1 ] && $PY -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
 	stage torch-bench 40 $PY "$ROOT/scripts/gpu/torch_ref.py" "$WORK/torchref-bench" --bench
 fi
+# QLoRA at the Qwen3-8B shape: NF4 linears on the device, 2048-token steps
+# with checkpointing, bf16 GEMMs (issue #11: base ~6 GB, step < 12 GB).
+TUNE_CUDA_GEMM=bf16 TUNE_CUDA_BENCH=1 TUNE_CUDA_BENCH_OUT=$WORK/bench.txt TUNE_CUDA_BENCH_BUDGET=70 \
+	stage qlora-8b 100 "$TEST" -test.count=1 -test.v -test.timeout=100s -test.run '^TestQLoRA8BMemory$'
 # Qwen3-8B shape, bf16 GEMMs; nvidia-smi samples the device memory meanwhile.
 left=$((BUDGET + 40 - SECONDS - 15))
 if command -v nvidia-smi >/dev/null 2>&1; then
 	nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 >"$WORK/smi-mem.log" 2>/dev/null &
 	SMI=$!
 fi
+# The device-resident pass first (at most 120 s), then the trainer's path
+# with what is left.
+dev=$((left > 130 ? 120 : (left > 20 ? left - 10 : 10)))
+TUNE_CUDA_GEMM=bf16 TUNE_CUDA_BENCH=1 TUNE_CUDA_BENCH_OUT=$WORK/bench.txt TUNE_CUDA_BENCH_BUDGET=$dev \
+	stage bench-8b-dev 150 "$TEST" -test.count=1 -test.v -test.timeout=150s -test.run '^TestBench8BDevice$'
+left=$((BUDGET + 40 - SECONDS - 15))
 TUNE_CUDA_GEMM=bf16 TUNE_CUDA_BENCH=1 TUNE_CUDA_BENCH_OUT=$WORK/bench.txt TUNE_CUDA_BENCH_BUDGET=$((left > 20 ? left - 10 : 10)) \
 	stage bench-8b 200 "$TEST" -test.count=1 -test.v -test.timeout=200s -test.run '^TestBench8B$'
 if [ -n "${SMI:-}" ]; then

@@ -12,6 +12,7 @@ type LoRA struct {
 	Pass    *model.Pass
 	Adapter *lora.Adapter
 	hook    *evalHook
+	dev     devicePass // the backend's device-resident pass computes when set (device_pass.go)
 }
 
 // NewLoRA allocates a training pass of m for sequences of up to maxT tokens
@@ -23,7 +24,11 @@ func NewLoRA(m *model.Model, a *lora.Adapter, maxT int, opts model.TrainOptions)
 	if err != nil {
 		return nil, err
 	}
-	return &LoRA{Pass: p, Adapter: a, hook: h}, nil
+	dev, err := newDevicePass(m, a, maxT, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &LoRA{Pass: p, Adapter: a, hook: h, dev: dev}, nil
 }
 
 // evalHook passes the adapter through, turning its training mode (dropout)
@@ -48,12 +53,23 @@ func (h *evalHook) BindBase(layer int, module string, be kernels.Backend, w kern
 }
 
 func (l *LoRA) Forward(tokens, positions, segIDs, labels []int32) (float64, int, error) {
+	if l.dev != nil {
+		return l.dev.Forward(tokens, positions, segIDs, labels)
+	}
 	return l.Pass.Forward(tokens, positions, segIDs, labels)
 }
-func (l *LoRA) Backward(scale float32) error { return l.Pass.Backward(scale) }
+func (l *LoRA) Backward(scale float32) error {
+	if l.dev != nil {
+		return l.dev.Backward(scale)
+	}
+	return l.Pass.Backward(scale)
+}
 
 // Eval is a forward without dropout whose state no Backward uses.
 func (l *LoRA) Eval(tokens, positions, segIDs, labels []int32) (float64, int, error) {
+	if l.dev != nil {
+		return l.dev.Eval(tokens, positions, segIDs, labels)
+	}
 	l.hook.eval = true
 	defer func() { l.hook.eval = false }()
 	return l.Pass.Forward(tokens, positions, segIDs, labels)
@@ -62,9 +78,19 @@ func (l *LoRA) Eval(tokens, positions, segIDs, labels []int32) (float64, int, er
 func (l *LoRA) Slabs() ([][]float32, [][]float32) {
 	return [][]float32{l.Adapter.Params()}, [][]float32{l.Adapter.Grads()}
 }
-func (l *LoRA) ZeroGrads()                   { l.Adapter.ZeroGrads() }
+func (l *LoRA) ZeroGrads() {
+	l.Adapter.ZeroGrads()
+	if l.dev != nil {
+		l.dev.ZeroGrads()
+	}
+}
 func (l *LoRA) Save(dir, dtype string) error { return l.Adapter.Save(dir, dtype) }
-func (l *LoRA) SetDropoutStep(step uint64)   { l.Adapter.SetDropoutStep(step) }
+func (l *LoRA) SetDropoutStep(step uint64) {
+	l.Adapter.SetDropoutStep(step)
+	if l.dev != nil {
+		l.dev.SetDropoutStep(step)
+	}
+}
 
 var (
 	_ Model          = (*LoRA)(nil)

@@ -168,6 +168,7 @@ type Trainer struct {
 
 	comm     dist.Comm // resolved; nil for a single process
 	opt      *AdamW
+	dev      DeviceOptimizer // the optimizer runs on the device holding the gradients (nil: on the host)
 	pos      position
 	total    int
 	metrics  *metricsFile
@@ -249,6 +250,15 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
+	// With a device pass (CUDA) the optimizer runs on the device: a step
+	// brings back only the loss and the gradient norm, and the host slabs
+	// are synced before anything reads them (checkpoints, the adapter).
+	if d, ok := t.Params.(DeviceOptimizer); ok && t.comm == nil && d.EnableDeviceOptimizer() {
+		if err := d.LoadFromHost(t.opt); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		t.dev = d
+	}
 	if t.metrics != nil {
 		defer t.metrics.Close()
 	}
@@ -327,13 +337,24 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
 			return nil, t.diverged(step, fmt.Sprintf("loss is %v", loss))
 		}
-		norm := GradNorm(grads...)
-		if math.IsNaN(norm) || math.IsInf(norm, 0) {
-			return nil, t.diverged(step, fmt.Sprintf("gradient norm is %v (loss %.4f)", norm, loss))
-		}
-		ClipGrads(norm, c.MaxGradNorm, grads...)
 		lr, _ := Schedule(c.Schedule, c.LR, t.pos.Step, c.WarmupSteps, total)
-		t.opt.Update(lr, params, grads)
+		var norm float64
+		if t.dev != nil {
+			// Clipping and AdamW on the device; a NaN or Inf norm updates nothing.
+			if norm, err = t.dev.StepDevice(lr, c.MaxGradNorm, c.AdamW); err != nil {
+				return nil, fmt.Errorf("train: step %d: %w", step, err)
+			}
+			if math.IsNaN(norm) || math.IsInf(norm, 0) {
+				return nil, t.diverged(step, fmt.Sprintf("gradient norm is %v (loss %.4f)", norm, loss))
+			}
+		} else {
+			norm = GradNorm(grads...)
+			if math.IsNaN(norm) || math.IsInf(norm, 0) {
+				return nil, t.diverged(step, fmt.Sprintf("gradient norm is %v (loss %.4f)", norm, loss))
+			}
+			ClipGrads(norm, c.MaxGradNorm, grads...)
+			t.opt.Update(lr, params, grads)
+		}
 		t.pos = next
 		t.pos.Step = step
 		sec := max(time.Since(start).Seconds(), 1e-9)
@@ -374,6 +395,11 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		res.Eval = em
 	}
 	dir := filepath.Join(c.Dir, c.artifact())
+	if t.dev != nil {
+		if err := t.dev.SyncToHost(t.opt); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+	}
 	if t.rank() == 0 {
 		dir, err = saveArtifact(t.Params, c.Dir, c.artifact(), c.DType)
 		if t.comm == nil && err != nil {
@@ -419,6 +445,11 @@ func (t *Trainer) checkpoint() error {
 	if t.rank() != 0 {
 		t.lastCkpt = checkpointDir(t.Cfg.Dir, t.pos.Step) // rank 0 writes it
 		return nil
+	}
+	if t.dev != nil {
+		if err := t.dev.SyncToHost(t.opt); err != nil {
+			return err
+		}
 	}
 	params, _ := t.Params.Slabs()
 	st := &checkpointState{Position: t.pos, OptimizerStep: t.opt.Step, SchedulerStep: t.pos.Step,

@@ -13,8 +13,11 @@
 // fp32 accumulation: tensor-core speed, ~1e-2 relative agreement). F32
 // weights (LoRA A and B, which the optimizer changes) are cached too and
 // uploaded again only when their host bytes changed (see weight).
-// Device-resident activations (no copies) come with a device-tensor API,
-// which the op set does not have yet.
+// Block-quantized weights (GGUF blocks, NF4, INT4/INT8: QLoRA bases) stay
+// quantized on the device and matmuls dequantize tiles of rows on the
+// device (dequant.go).
+// LoRA training has a device-resident pass instead (devpass.go: weights,
+// activations, LoRA slabs and AdamW moments stay on the device).
 //
 // A CUDA failure inside an op (launch failure, out of memory) panics with an
 // error naming the op, the call and, for memory, what was needed and free;
@@ -86,6 +89,11 @@ type Backend struct {
 
 	live, peak uint64 // device bytes the backend has allocated now, and at most (MemStats)
 
+	rec     *trace // non-nil while traceDecoder records a model's ops (devpass.go)
+	devPass bool   // LoRA training runs the device-resident pass (TUNE_CUDA_PASS != host)
+
+	dq dequantState // block-quantized weights kept quantized on the device (dequant.go)
+
 	argv []uint64  // kernel argument values
 	argp []uintptr // pointers to argv's elements, the kernelParams array
 }
@@ -143,7 +151,8 @@ func Open() (*Backend, error) {
 	d, _ := loadDriver()
 	bl, _ := loadCublas()
 	b := &Backend{d: d, bl: bl, dev: info.Devices[idx], fn: map[string]uintptr{}, weights: map[wkey]*dweight{},
-		bf16: os.Getenv("TUNE_CUDA_GEMM") == "bf16", sync: os.Getenv("TUNE_CUDA_SYNC") == "1"}
+		bf16: os.Getenv("TUNE_CUDA_GEMM") == "bf16", sync: os.Getenv("TUNE_CUDA_SYNC") == "1",
+		devPass: os.Getenv("TUNE_CUDA_PASS") != "host"}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var dev int32
@@ -415,7 +424,9 @@ func need(op, name string, got, want int) {
 // differ (a host memcmp instead of a PCIe copy). BF16, F16 and quantized
 // weights are checkpoint views (mmapped, read-only by kernels.Weight's
 // contract) and are uploaded and converted once, keyed by their address,
-// shape and a fingerprint of sampled bytes.
+// shape and a fingerprint of sampled bytes. Matmuls do not call weight for
+// a quantized weight (they dequantize tiles from qweight's raw blocks);
+// the other ops get a dense copy dequantized on the device from them.
 func (b *Backend) weight(w kernels.Weight, bf16 bool) (uint64, error) {
 	if err := w.Check(); err != nil {
 		return 0, err
@@ -487,8 +498,15 @@ func (b *Backend) weight(w kernels.Weight, bf16 bool) (uint64, error) {
 			name = "f16_to_f32"
 		}
 		b.launch(name, blocks(int(n), 256), 256, p, raw, int64(n))
+	case w.DType.Quantized() && b.deviceDequant(w):
+		// From the raw blocks, on the device (dequant.go).
+		if err := b.dequantDense(p, w); err != nil {
+			b.free(p, n*4)
+			return 0, err
+		}
 	case w.DType.Quantized():
-		// Dequantized on the host, row by row, with the reference dequantizer.
+		// TUNE_CUDA_DEQUANT=host: dequantized on the host, row by row,
+		// with the reference dequantizer.
 		f := w.DType.Format()
 		row := make([]float32, w.Cols)
 		rb := w.RowBytes()
@@ -563,6 +581,10 @@ func fingerprint(data []byte) uint64 {
 // a panic mid-forward).
 func (b *Backend) Prepare(w kernels.Weight) error {
 	defer b.enter()()
+	if b.deviceDequant(w) {
+		_, err := b.qweight(w) // quantized on the device; matmuls dequantize tiles
+		return err
+	}
 	_, err := b.weight(w, b.bf16)
 	return err
 }
@@ -576,6 +598,7 @@ func (b *Backend) ForgetWeights() {
 		delete(b.weights, k)
 	}
 	b.f32Held = 0
+	b.forgetRaw()
 }
 
 func (b *Backend) mustWeight(op string, w kernels.Weight, bf16 bool) uint64 {

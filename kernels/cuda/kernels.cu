@@ -488,3 +488,301 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, f
     float denom = sqrtf(vi) / bc2sqrt + eps;
     p[i] = pi + (step * mi) / denom;
 }
+
+// ---- dequant ---------------------------------------------------------------------
+// Block-quantized weights (kernels/qblock: llama.cpp's GGUF blocks, NF4 with its
+// double-quantized absmax decoded to fp32, the INT4/INT8 group-wise blocks of
+// QLoRA bases) stay quantized in GPU memory; a matmul expands the rows it needs
+// into an fp32 or bf16 tile (kernels/cuda/dequant.go) with one of these kernels,
+// then runs the GEMM on the tile. One thread per output element: n elements of
+// consecutive whole blocks at src (a row range of the weight) go to out[0..n),
+// as float (bf16 == 0) or as bf16 with round-to-nearest-even (bf16 != 0).
+// Each value is computed with the float32 operations of qblock's Go
+// dequantizer in the same order (the PTX is built with --fmad=false, so no
+// product and sum fuse), so the tile equals qblock.Dequantize* bit for bit;
+// scripts/gpu/emulate/dequant_check.cpp checks that on the CPU. fp16 scales
+// are decoded on the bits (dq_f16, as qblock's halfToFloat), not with the
+// toolkit's intrinsic, so NaN payloads match too.
+
+__device__ __forceinline__ float dq_f16(const unsigned char* p) {
+    unsigned int h = (unsigned int)p[0] | ((unsigned int)p[1] << 8);
+    unsigned int sign = (h & 0x8000u) << 16, em = h & 0x7fffu;
+    if (em >= 0x0400u && em < 0x7c00u) return __uint_as_float(sign | (em << 13) + ((127u - 15u) << 23));
+    if (em == 0x7c00u) return __uint_as_float(sign | 0x7f800000u);
+    if (em > 0x7c00u) return __uint_as_float(sign | 0x7fc00000u | ((em & 0x3ffu) << 13));
+    if (em == 0) return __uint_as_float(sign);
+    unsigned int m = em, e = 127u - 15u + 1u;
+    while ((m & 0x400u) == 0) {
+        m <<= 1;
+        e--;
+    }
+    return __uint_as_float(sign | (e << 23) | ((m & 0x3ffu) << 13));
+}
+
+__device__ __forceinline__ float dq_f32(const unsigned char* p) {
+    return __uint_as_float((unsigned int)p[0] | ((unsigned int)p[1] << 8) | ((unsigned int)p[2] << 16) | ((unsigned int)p[3] << 24));
+}
+
+// dq_store writes element i as float or bf16 (f32_to_bf16's rounding).
+__device__ __forceinline__ void dq_store(void* out, long long i, float x, int bf16) {
+    if (!bf16) {
+        ((float*)out)[i] = x;
+        return;
+    }
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        ((unsigned short*)out)[i] = (unsigned short)((u >> 16) | 0x40);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    ((unsigned short*)out)[i] = (unsigned short)(u >> 16);
+}
+
+// get_scale_min_k4 (qblock.ScaleMinK4).
+__device__ __forceinline__ void dq_scale_min_k4(int j, const unsigned char* q, int* d, int* m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+#define DQ_INDEX                                                      \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
+    if (i >= n) return;
+
+// Q4_0 (18 bytes / 32): x = (q-8)*d.
+extern "C" __global__ void dequant_q4_0(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 32) * 18;
+    int j = (int)(i % 32);
+    int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+    dq_store(out, i, (float)(q - 8) * dq_f16(b), bf16);
+}
+
+// Q4_1 (20 bytes / 32): x = q*d + m.
+extern "C" __global__ void dequant_q4_1(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 32) * 20;
+    int j = (int)(i % 32);
+    int q = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
+    float p = (float)q * dq_f16(b);
+    dq_store(out, i, p + dq_f16(b + 2), bf16);
+}
+
+// dq_q5 is qblock's unpackQ5: the 5-bit level of element j from qh (4 bytes) then qs.
+__device__ __forceinline__ int dq_q5(const unsigned char* b, int j) {
+    unsigned int qh = (unsigned int)b[0] | ((unsigned int)b[1] << 8) | ((unsigned int)b[2] << 16) | ((unsigned int)b[3] << 24);
+    int lo = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
+    return lo | (int)((qh >> j) & 1u) << 4;
+}
+
+// Q5_0 (22 bytes / 32): x = (q-16)*d.
+extern "C" __global__ void dequant_q5_0(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 32) * 22;
+    dq_store(out, i, (float)(dq_q5(b + 2, (int)(i % 32)) - 16) * dq_f16(b), bf16);
+}
+
+// Q5_1 (24 bytes / 32): x = q*d + m.
+extern "C" __global__ void dequant_q5_1(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 32) * 24;
+    float p = (float)dq_q5(b + 4, (int)(i % 32)) * dq_f16(b);
+    dq_store(out, i, p + dq_f16(b + 2), bf16);
+}
+
+// Q8_0 (34 bytes / 32): x = q*d, q signed.
+extern "C" __global__ void dequant_q8_0(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 32) * 34;
+    dq_store(out, i, (float)(signed char)b[2 + i % 32] * dq_f16(b), bf16);
+}
+
+// Q2_K (84 bytes / 256): scales[16] qs[64] d dmin; x = dl*q - ml.
+extern "C" __global__ void dequant_q2_k(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 256) * 84;
+    int k = (int)(i % 256), half = k / 128, r = k % 128, s = r / 32, h = (r % 32) / 16, l = r % 16;
+    int sc = b[half * 8 + s * 2 + h];
+    float dl = dq_f16(b + 80) * (float)(sc & 0xF), ml = dq_f16(b + 82) * (float)(sc >> 4);
+    int q = (b[16 + half * 32 + 16 * h + l] >> (2 * s)) & 3;
+    float p = dl * (float)q;
+    dq_store(out, i, p - ml, bf16);
+}
+
+// Q3_K (110 bytes / 256): hmask[32] qs[64] scales[12] d; x = d*(sc-32)*(q - 4*!hbit).
+extern "C" __global__ void dequant_q3_k(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 256) * 110;
+    int k = (int)(i % 256), half = k / 128, r = k % 128, s = r / 32, h = (r % 32) / 16, l = r % 16;
+    int is = half * 8 + s * 2 + h;
+    const unsigned char* sc = b + 96;
+    int lo = is < 8 ? (sc[is] & 0xF) : (sc[is - 8] >> 4);
+    int scale = (lo | (((sc[8 + is % 4] >> (2 * (is / 4))) & 3) << 4)) - 32;
+    float dl = dq_f16(b + 108) * (float)scale;
+    int v = (b[32 + half * 32 + 16 * h + l] >> (2 * s)) & 3;
+    if ((b[16 * h + l] & (1 << (half * 4 + s))) == 0) v -= 4;
+    dq_store(out, i, dl * (float)v, bf16);
+}
+
+// Q4_K (144 bytes / 256): d dmin scales[12] qs[128]; x = d*sc*q - dmin*m per 32.
+extern "C" __global__ void dequant_q4_k(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 256) * 144;
+    int k = (int)(i % 256), c = k / 64, r = k % 64, hi = r >= 32;
+    int sc, m;
+    dq_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    float d1 = dq_f16(b) * (float)sc, m1 = dq_f16(b + 2) * (float)m;
+    int q = b[16 + c * 32 + r % 32];
+    q = hi ? q >> 4 : q & 0xF;
+    float p = d1 * (float)q;
+    dq_store(out, i, p - m1, bf16);
+}
+
+// Q5_K (176 bytes / 256): d dmin scales[12] qh[32] qs[128].
+extern "C" __global__ void dequant_q5_k(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 256) * 176;
+    int k = (int)(i % 256), c = k / 64, r = k % 64, hi = r >= 32, l = r % 32;
+    int sc, m;
+    dq_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    float d1 = dq_f16(b) * (float)sc, m1 = dq_f16(b + 2) * (float)m;
+    int q = b[48 + c * 32 + l];
+    q = (hi ? q >> 4 : q & 0xF) + (((b[16 + l] >> (2 * c + hi)) & 1) ? 16 : 0);
+    float p = d1 * (float)q;
+    dq_store(out, i, p - m1, bf16);
+}
+
+// Q6_K (210 bytes / 256): ql[128] qh[64] scales[16] (int8) d; x = d*sc*(q-32) per 16.
+extern "C" __global__ void dequant_q6_k(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 256) * 210;
+    int k = (int)(i % 256), half = k / 128, r = k % 128, part = r / 32, l = r % 32;
+    const unsigned char* ql = b + 64 * half;
+    const unsigned char* qh = b + 128 + 32 * half;
+    const unsigned char* sc = b + 192 + 8 * half;
+    int lo = (part & 1) ? ql[l + 32] : ql[l];
+    lo = (part & 2) ? lo >> 4 : lo & 0xF;
+    int q = (lo | (((qh[l] >> (2 * part)) & 3) << 4)) - 32;
+    float ds = dq_f16(b + 208) * (float)(signed char)sc[l / 16 + 2 * part];
+    dq_store(out, i, ds * (float)q, bf16);
+}
+
+// NF4 (36 bytes / 64): fp32 absmax, 32 bytes of nibbles (element 2j high, 2j+1 low).
+__device__ const float dq_nf4_values[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+};
+
+extern "C" __global__ void dequant_nf4(void* out, const unsigned char* src, long long n, int bf16) {
+    DQ_INDEX
+    const unsigned char* b = src + (i / 64) * 36;
+    int j = (int)(i % 64);
+    int c = b[4 + j / 2];
+    int q = (j & 1) ? c & 15 : c >> 4;
+    dq_store(out, i, dq_nf4_values[q] * dq_f32(b), bf16);
+}
+
+// INT4 / INT4_32 (3+E/2 bytes / E, E = 128 or 32): fp16 scale, zero, nibbles
+// (2j low, 2j+1 high); x = scale*(q-zero). E is a power of two: shifts, not
+// 64-bit divisions.
+extern "C" __global__ void dequant_int4(void* out, const unsigned char* src, long long n, int bf16, int E) {
+    DQ_INDEX
+    int sh = E == 128 ? 7 : 5;
+    const unsigned char* b = src + (i >> sh) * (3 + E / 2);
+    int j = (int)(i & (E - 1));
+    int c = b[3 + j / 2];
+    int q = (j & 1) ? c >> 4 : c & 15;
+    dq_store(out, i, dq_f16(b) * (float)(q - (int)b[2]), bf16);
+}
+
+// INT8 / INT8_32 (3+E bytes / E, E = 128 or 32): fp16 scale, zero, codes;
+// x = scale*(q-zero).
+extern "C" __global__ void dequant_int8(void* out, const unsigned char* src, long long n, int bf16, int E) {
+    DQ_INDEX
+    int sh = E == 128 ? 7 : 5;
+    const unsigned char* b = src + (i >> sh) * (3 + E);
+    dq_store(out, i, dq_f16(b) * (float)((int)b[3 + (i & (E - 1))] - (int)b[2]), bf16);
+}
+
+// ---- device-resident pass --------------------------------------------------------
+// Helpers of the device-resident LoRA training pass (kernels/cuda/devpass.go):
+// row gathers for the chunked loss and the RoPE tables, scaling, the loss and
+// grad-norm reductions, and LoRA dropout with lora/linear.go's counter-based
+// mask (element i = t*C+c of a module's input is kept iff
+// splitmix64(key + i*0x9e3779b97f4a7c15) >= thresh, kept values scaled).
+
+// out[j,:] = in[idx[j],:] for n rows of width W.
+extern "C" __global__ void gather_rows(float* out, const float* in, const int* idx, int n, int W) {
+    int j = blockIdx.x;
+    if (j >= n) return;
+    const float* s = in + (long long)idx[j] * W;
+    float* d = out + (long long)j * W;
+    for (int c = threadIdx.x; c < W; c += blockDim.x) d[c] = s[c];
+}
+
+// out[idx[j],:] = in[j,:] for n rows of width W (idx distinct).
+extern "C" __global__ void scatter_rows(float* out, const float* in, const int* idx, int n, int W) {
+    int j = blockIdx.x;
+    if (j >= n) return;
+    const float* s = in + (long long)j * W;
+    float* d = out + (long long)idx[j] * W;
+    for (int c = threadIdx.x; c < W; c += blockDim.x) d[c] = s[c];
+}
+
+// out = s * in; out may alias in.
+extern "C" __global__ void scale_f32(float* out, const float* in, float s, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    out[i] = s * in[i];
+}
+
+// out[0] = in[0] + in[1] + ... in this order, by one thread: the CPU pass
+// sums its per-row losses so, in float64.
+extern "C" __global__ void sum_f64(double* out, const double* in, int n) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += in[i];
+    out[0] = s;
+}
+
+// part[b] = sum of x[i]^2 in float64 over block b's grid-stride share of x.
+extern "C" __global__ void sumsq_f64(double* part, const float* x, long long n) {
+    double s = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        double v = (double)x[i];
+        s += v * v;
+    }
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// out = dropout(in): kept elements times scale, the others 0.
+extern "C" __global__ void lora_dropout(float* out, const float* in, unsigned long long key, unsigned long long thresh, float scale,
+                                        long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    bool keep = splitmix64(key + (unsigned long long)i * 0x9e3779b97f4a7c15ull) >= thresh;
+    out[i] = keep ? in[i] * scale : 0.f;
+}
+
+// din += dropout(dx), the input grad through the same mask.
+extern "C" __global__ void lora_dropout_add(float* din, const float* dx, unsigned long long key, unsigned long long thresh,
+                                            float scale, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    bool keep = splitmix64(key + (unsigned long long)i * 0x9e3779b97f4a7c15ull) >= thresh;
+    din[i] += keep ? dx[i] * scale : 0.f;
+}

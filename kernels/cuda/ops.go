@@ -21,6 +21,9 @@ const (
 // 8-9 the uncached F32 weight of the op (fp32, bf16).
 
 func (b *Backend) EmbeddingForward(out []float32, tokens []int, table kernels.Weight) {
+	if b.record(traceCall{op: "embedding", w: table}) {
+		return
+	}
 	T, C := len(tokens), table.Cols
 	need("embedding", "out", len(out), T*C)
 	for t, id := range tokens {
@@ -91,6 +94,9 @@ func (b *Backend) toBF16(i int, src uint64, n int) uint64 {
 // column-major OC×T matrix wᵀ... so cuBLAS computes out = op(W)·In with W
 // the column-major C×OC view of w, transposed.
 func (b *Backend) MatMulForward(out, in []float32, w kernels.Weight, bias []float32, T int) {
+	if b.record(traceCall{op: "matmul", w: w, vec: bias}) {
+		return
+	}
 	C, OC := w.Cols, w.Rows
 	need("matmul", "out", len(out), T*OC)
 	need("matmul", "in", len(in), T*C)
@@ -98,14 +104,22 @@ func (b *Backend) MatMulForward(out, in []float32, w kernels.Weight, bias []floa
 		need("matmul", "bias", len(bias), OC)
 	}
 	defer b.enter()()
-	wp := b.mustWeight("matmul", w, b.bf16)
+	q := b.deviceDequant(w) // quantized: dequantized tile by tile (dequant.go)
+	var wp uint64
+	if !q {
+		wp = b.mustWeight("matmul", w, b.bf16)
+	}
 	x := b.put(0, in[:T*C])
 	o := b.slot(1, uint64(T*OC)*4)
 	dt := int32(dtR32F)
 	if b.bf16 {
 		x, dt = b.toBF16(2, x, T*C), dtR16BF
 	}
-	b.gemm("matmul", opT, opN, OC, T, C, wp, C, x, C, 0, o, OC, dt)
+	if q {
+		b.qForward(o, x, w, T, dt)
+	} else {
+		b.gemm("matmul", opT, opN, OC, T, C, wp, C, x, C, 0, o, OC, dt)
+	}
 	if bias != nil {
 		bp := b.put(3, bias[:OC])
 		b.launch("bias_add", blocks(T*OC, ewThreads), ewThreads, o, bp, T, OC)
@@ -127,10 +141,16 @@ func (b *Backend) MatMulBackward(din, dw, dbias, dout, in []float32, w kernels.W
 	}
 	if din != nil {
 		need("matmul_back", "din", len(din), T*C)
-		wp := b.mustWeight("matmul_back", w, b.bf16)
-		di := b.put(1, din[:T*C])
-		b.gemm("matmul_back din", opN, opN, C, T, OC, wp, C, dd, OC, 1, di, C, dt)
-		b.get(din[:T*C], di)
+		if b.deviceDequant(w) {
+			di := b.put(1, din[:T*C])
+			b.qDin(di, dd, w, T, dt)
+			b.get(din[:T*C], di)
+		} else {
+			wp := b.mustWeight("matmul_back", w, b.bf16)
+			di := b.put(1, din[:T*C])
+			b.gemm("matmul_back din", opN, opN, C, T, OC, wp, C, dd, OC, 1, di, C, dt)
+			b.get(din[:T*C], di)
+		}
 	}
 	if dw != nil {
 		need("matmul_back", "dw", len(dw), OC*C)
@@ -152,6 +172,9 @@ func (b *Backend) MatMulBackward(din, dw, dbias, dout, in []float32, w kernels.W
 }
 
 func (b *Backend) RMSNormForward(out, in, w []float32, eps float64, N, C int) {
+	if b.record(traceCall{op: "rmsnorm", vec: w, N: N, C: C}) {
+		return
+	}
 	need("rmsnorm", "out", len(out), N*C)
 	need("rmsnorm", "in", len(in), N*C)
 	need("rmsnorm", "w", len(w), C)
@@ -199,6 +222,9 @@ func (b *Backend) rope(op string, x, cos, sin []float32, T, NH, HD, dir int) {
 }
 
 func (b *Backend) RoPEForward(x, cos, sin []float32, T, NH, HD int) {
+	if b.record(traceCall{op: "rope", cos: cos, sin: sin}) {
+		return
+	}
 	b.rope("rope", x, cos, sin, T, NH, HD, 1)
 }
 
@@ -229,6 +255,9 @@ func (b *Backend) AttentionForward(out, q, k, v []float32, pos0, T, NH, KVH, HD,
 }
 
 func (b *Backend) PackedAttentionForward(out, q, k, v []float32, segStart []int, T, NH, KVH, HD, window int) {
+	if b.record(traceCall{op: "attention", window: window}) {
+		return
+	}
 	checkSegStart("attention", segStart, T)
 	b.attention(out, q, k, v, segStart[:T], 0, T, NH, KVH, HD, window)
 }
@@ -291,6 +320,9 @@ func (b *Backend) PackedAttentionBackward(dq, dk, dv, dout, q, k, v []float32, s
 // elementwise runs a kernel over n elements with up to three inputs
 // uploaded to slots 1.. and the output(s) in slot 0 (and 4).
 func (b *Backend) SwiGLUForward(out, gate, up []float32) {
+	if b.record(traceCall{op: "swiglu"}) {
+		return
+	}
 	n := len(out)
 	need("swiglu", "gate", len(gate), n)
 	need("swiglu", "up", len(up), n)
@@ -320,6 +352,9 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up []float32) {
 }
 
 func (b *Backend) AddForward(out, a, bb []float32) {
+	if b.record(traceCall{op: "add"}) {
+		return
+	}
 	n := len(out)
 	need("add", "a", len(a), n)
 	need("add", "b", len(bb), n)
@@ -350,6 +385,9 @@ func checkTargets(op string, targets []int, N, V int) {
 }
 
 func (b *Backend) LogSoftmaxNLLForward(nll []float64, logits []float32, targets []int, N, V int) {
+	if b.record(traceCall{op: "nll"}) {
+		return
+	}
 	need("log_softmax_nll", "nll", len(nll), N)
 	need("log_softmax_nll", "logits", len(logits), N*V)
 	checkTargets("log_softmax_nll", targets, N, V)

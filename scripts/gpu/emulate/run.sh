@@ -4,6 +4,9 @@
 # (C++20) and a python3 with torch. Slow (one OS thread per CUDA thread):
 # ~5 minutes on 2 cores; pass a case-name substring to run fewer cases.
 #   scripts/gpu/emulate/run.sh [CASE_SUBSTRING]
+# The dequant kernels (bit for bit vs kernels/qblock, g++ only, ~5 s) are
+# checked by dequant_check.cpp through a Go test:
+#   go test ./kernels/cuda -run TestDequantEmulated -v
 set -eu
 cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-python3}
