@@ -139,9 +139,10 @@ How each number is taken:
   Q4_K_M GGUF files tune wrote, against llama.cpp's bench.mjs on the very same files (pp512 and generation);
   tune runs them with TUNE_QMATMUL=q8 (8-bit activations, llama.cpp's scheme; -qmatmul exact|q8|both), and
   ` + "`go run bench/run.go -only qgguf`" + ` measures just these rows.
-- LoRA step: tune's BenchmarkTrainStep512 (model/backward_test.go: forward + backward of one 512-token
-  packed sequence, rank-16 adapter on every linear module, BF16 base weights; peak RSS of that benchmark
-  process, which holds the model in memory) against testdata/gen/lora_bench.py (PyTorch eager CPU, forward +
+- LoRA step: tune's BenchmarkTrainStep512 (lora/bench_test.go: forward + backward of one 512-token
+  packed sequence through package lora's rank-16 adapter on every linear module, as tune lora trains, BF16 base
+  weights; f32 compute and train.compute_dtype bf16 (VDPBF16PS); peak RSS of that benchmark process, which
+  holds the model in memory) against testdata/gen/lora_bench.py (PyTorch eager CPU, forward +
   backward + AdamW on the same shapes, f32 on OpenBLAS and bf16 on oneDNN; its own peak RSS).
 - Data pipeline: bench/data_pipeline.go generates a synthetic chat JSONL and runs data.Prepare on it (all cores,
   max_seq_len 4096, packing, 1% validation split), then again from the cache; peak RSS is VmHWM of that process.
@@ -323,30 +324,45 @@ func qggufBench(tmp string) []row {
 }
 
 // loraBench: one LoRA training step (r=16 on all 7 linear modules, 512 tokens,
-// forward + backward) on bench-qwen3-small, tune (model.BenchmarkTrainStep512,
-// with and without gradient checkpointing) against PyTorch CPU eager
+// forward + backward) on bench-qwen3-small, tune (lora.BenchmarkTrainStep512:
+// package lora's adapter, as tune lora trains; with and without gradient
+// checkpointing, and with the bf16-compute matmuls) against PyTorch CPU eager
 // (testdata/gen/lora_bench.py, forward + backward + AdamW) in f32 on OpenBLAS and
 // in bf16 on oneDNN. Debian's torch calls the reference BLAS by default (~50x
 // slower): OpenBLAS is unpacked from Debian's package into tmp for this run only.
 func loraBench(tmp string) []row {
-	bin := filepath.Join(tmp, "model.test")
-	run("go", "test", "-c", "-o", bin, "./model/")
+	bin := filepath.Join(tmp, "lora.test")
+	run("go", "test", "-c", "-o", bin, "./lora/")
 	cmd := exec.Command(bin, "-test.run", "^$", "-test.bench", "TrainStep512", "-test.benchtime", "3x", "-test.count", "1")
-	cmd.Dir = "model"
-	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads))
+	cmd.Dir = "lora"
+	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(*threads), "TUNE_BENCH_MODEL="+filepath.Join(tmp, "bench-qwen3-small"))
 	var o bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &o
 	check(cmd.Run())
 	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) * 1024 / 1e6
-	tune := map[string][2]float64{}
-	re := regexp.MustCompile(`BenchmarkTrainStep512/(\w+)\S*\s.*?([0-9.]+) act-MB\s+([0-9.]+) tokens/s`)
-	for _, m := range re.FindAllStringSubmatch(o.String(), -1) {
-		mb, _ := strconv.ParseFloat(m[2], 64)
-		tps, _ := strconv.ParseFloat(m[3], 64)
-		tune[m[1]] = [2]float64{tps, mb}
+	// Lines "BenchmarkTrainStep512/NAME-2  3  123 ns/op  12.3 act-MB  10.5 loss  300 tokens/s".
+	tune := map[string]map[string]float64{}
+	for _, line := range strings.Split(o.String(), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "BenchmarkTrainStep512/") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "BenchmarkTrainStep512/")
+		if k := strings.LastIndex(name, "-"); k > 0 {
+			name = name[:k]
+		}
+		tune[name] = map[string]float64{}
+		for k := 2; k+1 < len(f); k += 2 {
+			v, err := strconv.ParseFloat(f[k], 64)
+			if err == nil {
+				tune[name][f[k+1]] = v
+			}
+		}
 	}
-	if len(tune) != 2 {
-		fail("BenchmarkTrainStep512 printed %q", o.String())
+	for _, n := range []string{"keep", "checkpointing", "keep-bf16"} {
+		if tune[n]["tokens/s"] == 0 || tune[n]["act-MB"] == 0 {
+			fail("lora BenchmarkTrainStep512 printed %q", o.String())
+		}
 	}
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
 		fail("the PyTorch anchor needs /usr/bin/python3 with torch: apt-get install python3-torch")
@@ -368,13 +384,14 @@ func loraBench(tmp string) []row {
 		check(json.Unmarshal([]byte(lastLine(po.String())), &r))
 		torch[dt] = [2]float64{r.TPS, r.RSS}
 	}
-	name := "LoRA train step, r=16 all-linear, 512 tokens, bench-qwen3-small"
+	name := "LoRA train step (package lora), r=16 all-linear, 512 tokens, bench-qwen3-small"
 	return []row{
-		{name: name, unit: "tok/s", anchorName: "PyTorch f32 (OpenBLAS)", tune: tune["keep"][0], anchor: torch["float32"][0]},
-		{name: name, unit: "tok/s", anchorName: "PyTorch bf16 (oneDNN)", tune: tune["keep"][0], anchor: torch["bfloat16"][0]},
-		{name: name + ", gradient checkpointing", unit: "tok/s", anchorName: "PyTorch bf16 (oneDNN)", tune: tune["checkpointing"][0], anchor: torch["bfloat16"][0]},
-		{name: name + ", activations kept", unit: "MB activations", anchorName: "(absolute)", tune: tune["keep"][1]},
-		{name: name + ", gradient checkpointing", unit: "MB activations", anchorName: "(absolute)", tune: tune["checkpointing"][1]},
+		{name: name, unit: "tok/s", anchorName: "PyTorch f32 (OpenBLAS)", tune: tune["keep"]["tokens/s"], anchor: torch["float32"][0]},
+		{name: name + ", train.compute_dtype bf16", unit: "tok/s", anchorName: "PyTorch f32 (OpenBLAS)", tune: tune["keep-bf16"]["tokens/s"], anchor: torch["float32"][0]},
+		{name: name + ", train.compute_dtype bf16", unit: "tok/s", anchorName: "PyTorch bf16 (oneDNN)", tune: tune["keep-bf16"]["tokens/s"], anchor: torch["bfloat16"][0]},
+		{name: name + ", gradient checkpointing", unit: "tok/s", anchorName: "PyTorch f32 (OpenBLAS)", tune: tune["checkpointing"]["tokens/s"], anchor: torch["float32"][0]},
+		{name: name + ", activations kept", unit: "MB activations", anchorName: "(absolute)", tune: tune["keep"]["act-MB"]},
+		{name: name + ", gradient checkpointing", unit: "MB activations", anchorName: "(absolute)", tune: tune["checkpointing"]["act-MB"]},
 		{name: name + ", peak RSS", unit: "MB", anchorName: "PyTorch bf16 peak RSS", tune: rss, anchor: torch["bfloat16"][1]},
 	}
 }

@@ -130,6 +130,7 @@ func BenchmarkTrainStep512(b *testing.B) {
 			}
 			b.ReportMetric(float64(T*b.N)/b.Elapsed().Seconds(), "tokens/s")
 			b.ReportMetric(loss, "loss")
+			b.ReportMetric(float64(p.ActivationBytes())/(1<<20), "act-MB")
 			b.Logf("%s: loss %.7f", c.name, loss)
 		})
 	}
