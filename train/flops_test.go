@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -135,29 +134,8 @@ func TestCPUPeak(t *testing.T) {
 // step's model FLOPs over its time over the peak, the same time its
 // tokens/s uses, and metrics.jsonl carries it.
 func TestTrainerMFU(t *testing.T) {
-	root := filepath.Join("..", "testdata")
-	b, err := os.ReadFile(filepath.Join(root, "golden", "lora-qwen3-tied.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g loraGolden
-	if err := json.Unmarshal(b, &g); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Load(filepath.Join(root, "models", "qwen3-tied"), model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	a, err := lora.Load(filepath.Join(root, "adapters", "qwen3-tied-r4"), m.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, m, a, run := goldenLoRARun(t)
 	T := len(g.Batch.Tokens)
-	run, err := NewLoRA(m, a, T, model.TrainOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	bt := data.Batch{B: 1, T: T, IDs: g.Batch.Tokens, Labels: g.Batch.Labels, Positions: g.Batch.Positions, SegIDs: g.Batch.SegIDs}
 	fc := NewFLOPCount(m.Config, a)
 	const peak = 1e12

@@ -55,28 +55,7 @@ func TestPEFTGrads(t *testing.T) {
 // CPU: the harness works without a GPU or the GPU machine's Python.
 func TestPEFTHarness(t *testing.T) {
 	root := filepath.Join("..", "..", "testdata")
-	raw, err := os.ReadFile(filepath.Join(root, "golden", "lora-qwen3-tied.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gold struct {
-		Batch struct {
-			Tokens    []int32 `json:"tokens"`
-			Positions []int32 `json:"positions"`
-			SegIDs    []int32 `json:"seg_ids"`
-			Labels    []int32 `json:"labels"`
-		} `json:"batch"`
-		Loss struct {
-			LossSum float64 `json:"loss_sum"`
-			N       int     `json:"n"`
-		} `json:"loss"`
-		Grads map[string]struct {
-			Data []float32 `json:"data"`
-		} `json:"grads"`
-	}
-	if err := json.Unmarshal(raw, &gold); err != nil {
-		t.Fatal(err)
-	}
+	gold := readLoRAGolden(t)
 	ref := map[string]any{"generator": "testdata/gen/lora_reference.py", "loss_sum": gold.Loss.LossSum, "n": gold.Loss.N,
 		"rows": []map[string]any{{"tokens": gold.Batch.Tokens, "labels": gold.Batch.Labels, "positions": gold.Batch.Positions, "seg_ids": gold.Batch.SegIDs}}}
 	grads := map[string][]float32{}

@@ -325,28 +325,7 @@ func TestLoRAGolden(t *testing.T) {
 
 func loraGolden(t *testing.T, be kernels.Backend, label string, tol float64) {
 	root := filepath.Join("..", "..", "testdata")
-	raw, err := os.ReadFile(filepath.Join(root, "golden", "lora-qwen3-tied.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gold struct {
-		Batch struct {
-			Tokens    []int32 `json:"tokens"`
-			Positions []int32 `json:"positions"`
-			SegIDs    []int32 `json:"seg_ids"`
-			Labels    []int32 `json:"labels"`
-		} `json:"batch"`
-		Loss struct {
-			LossSum float64 `json:"loss_sum"`
-			N       int     `json:"n"`
-		} `json:"loss"`
-		Grads map[string]struct {
-			Data []float32 `json:"data"`
-		} `json:"grads"`
-	}
-	if err := json.Unmarshal(raw, &gold); err != nil {
-		t.Fatal(err)
-	}
+	gold := readLoRAGolden(t)
 	bt := gold.Batch
 	m, err := model.Load(filepath.Join(root, "models", "qwen3-tied"), model.LoadOptions{Backend: be})
 	if err != nil {
@@ -383,4 +362,36 @@ func loraGolden(t *testing.T, be kernels.Backend, label string, tol float64) {
 		compareQuiet(t, ten.Name, ten.Grad, w.Data, tol)
 	}
 	compare(t, "lora grads "+label+" vs torch", fmt.Sprintf("%d tensors", len(ad.Tensors())), got, want, tol)
+}
+
+// loraGoldenFile is the part of testdata/golden/lora-qwen3-tied.json
+// (testdata/gen/lora_reference.py: PEFT's LoRA in PyTorch) the CUDA checks
+// compare with: the packed batch, the loss and every LoRA gradient.
+type loraGoldenFile struct {
+	Batch struct {
+		Tokens    []int32 `json:"tokens"`
+		Positions []int32 `json:"positions"`
+		SegIDs    []int32 `json:"seg_ids"`
+		Labels    []int32 `json:"labels"`
+	} `json:"batch"`
+	Loss struct {
+		LossSum float64 `json:"loss_sum"`
+		N       int     `json:"n"`
+	} `json:"loss"`
+	Grads map[string]struct {
+		Data []float32 `json:"data"`
+	} `json:"grads"`
+}
+
+func readLoRAGolden(t *testing.T) *loraGoldenFile {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "testdata", "golden", "lora-qwen3-tied.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g loraGoldenFile
+	if err := json.Unmarshal(raw, &g); err != nil {
+		t.Fatal(err)
+	}
+	return &g
 }
