@@ -134,8 +134,10 @@ type Peaker interface {
 	PeakFLOPS() (flops float64, what string)
 }
 
-// PeakFLOPS is the peak MFU divides by: the backend's own (Peaker) or, for
-// the CPU, CPUPeakFLOPS. 0 when unknown (MFU is then not reported).
+// PeakFLOPS is the peak MFU divides by: the backend's own (Peaker: the cuda
+// backend's bf16 datasheet peak, the cpu backend's fp32 FMA peak measured
+// once per process) or, for another CPU backend, CPUPeakFLOPS. 0 when
+// unknown (MFU is then not reported).
 func PeakFLOPS(be kernels.Backend) (float64, string) {
 	if p, ok := be.(Peaker); ok {
 		return p.PeakFLOPS()

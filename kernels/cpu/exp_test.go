@@ -3,7 +3,9 @@ package cpu
 import (
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // ulps is the distance in units in the last place between two finite
@@ -108,4 +110,20 @@ func BenchmarkExp(b *testing.B) {
 		}
 		b.ReportMetric(float64(len(src)*b.N)/b.Elapsed().Seconds()/1e9, "Gexp/s")
 	})
+}
+
+// TestMeasurePeakFLOPS: the measured FMA peak is positive with the assembly
+// kernels (0 in noasm builds) and scales with threads (2 threads at least
+// 1.2x one on a machine with 2 free cores; not asserted: CI's cores may be
+// shared).
+func TestMeasurePeakFLOPS(t *testing.T) {
+	one := MeasurePeakFLOPS(1, 50*time.Millisecond)
+	all := MeasurePeakFLOPS(runtime.GOMAXPROCS(0), 50*time.Millisecond)
+	t.Logf("fp32 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s", one/1e9, runtime.GOMAXPROCS(0), all/1e9)
+	if useAVX2 && (one <= 0 || all <= 0) {
+		t.Fatalf("peak %v, %v with FMA kernels", one, all)
+	}
+	if !useAVX2 && (one != 0 || all != 0) {
+		t.Fatalf("peak %v, %v without FMA kernels", one, all)
+	}
 }
