@@ -38,53 +38,25 @@ func (d *distOptions) addFlags(fl *pflag.FlagSet) {
 }
 
 // loraDist runs run as one rank of the launcher's group, spawns
-// --nproc-per-node ranks, or just runs it (a single process).
+// --nproc-per-node ranks, or just runs it (a single process): distRun, with
+// recipes whose pipeline steps would run on every rank refused.
 func loraDist(opts *LoRAOptions, d *distOptions, run func() error) error {
 	if d.nprocPerNode < 1 {
 		return flagErrorf("--nproc-per-node %d: want 1 or more processes", d.nprocPerNode)
 	}
-	l, err := dist.Detect(os.Getenv)
-	if err != nil {
-		return err
-	}
 	if opts.DryRun {
 		return run()
 	}
-	if d.nprocPerNode > 1 && !l.Distributed() {
-		return spawnRanks(opts.IO, d.nprocPerNode)
-	}
-	if l.LocalSize > 1 && os.Getenv("GOMAXPROCS") == "" {
-		// One machine's cores shared by its ranks, as torchrun's
-		// OMP_NUM_THREADS=1 default does (mpirun's core binding already
-		// narrows NumCPU).
-		runtime.GOMAXPROCS(max(1, runtime.NumCPU()/l.LocalSize))
-	}
-	c, err := dist.World()
-	if err != nil {
-		return err
-	}
-	if c == nil {
-		return run()
-	}
-	rank, size := c.Rank(), c.Size()
-	if r, err := recipes.Load(opts.Recipe, opts.Set); err == nil && r.Pipeline() {
-		// Merging and quantizing would run on every rank, into the same
-		// folders.
-		c.Abort(1)
-		return fmt.Errorf("rank %d of %d: the recipe has merge:, quantize: or validate: steps, which run on one process: train here with a recipe of model, dataset, lora, train and output only, then run the rest with tune run --resume on one process", rank, size)
-	}
-	if rank != 0 {
-		// Rank 0 prints the plan, the progress and the summary.
-		opts.IO.Out, opts.IO.ErrTTY = io.Discard, false
-	}
-	if err := run(); err != nil {
-		if c.Backend() == "mpi" {
-			fmt.Fprintf(opts.IO.ErrOut, "tune: rank %d of %d: %v\n", rank, size, err)
+	return distRun(opts.IO, d.nprocPerNode, func(c dist.Comm) error {
+		if c != nil {
+			if r, err := recipes.Load(opts.Recipe, opts.Set); err == nil && r.Pipeline() {
+				// Merging and quantizing would run on every rank, into the
+				// same folders.
+				return fmt.Errorf("the recipe has merge:, quantize: or validate: steps, which run on one process: train here with a recipe of model, dataset, lora, train and output only, then run the rest with tune run --resume on one process")
+			}
 		}
-		c.Abort(1) // MPI: ends the job here; TCP: the others see this rank gone
-		return fmt.Errorf("rank %d of %d: %w", rank, size, err)
-	}
-	return dist.Finalize()
+		return run()
+	})
 }
 
 // spawnRanks starts n copies of this command on this machine as ranks
