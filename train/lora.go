@@ -9,7 +9,7 @@ import (
 // LoRA couples a training pass and an adapter as the trainer's Model and
 // Params: the pass computes, the adapter holds the trained slabs.
 type LoRA struct {
-	Pass    *model.Pass
+	Pass    *model.Pass // the host pass; nil when the device pass (dev) computes
 	Adapter *lora.Adapter
 	hook    *evalHook
 	dev     devicePass // the backend's device-resident pass computes when set (device_pass.go)
@@ -20,15 +20,19 @@ type LoRA struct {
 func NewLoRA(m *model.Model, a *lora.Adapter, maxT int, opts model.TrainOptions) (*LoRA, error) {
 	h := &evalHook{a: a}
 	opts.Adapter = h
-	p, err := m.NewPass(maxT, opts)
-	if err != nil {
-		return nil, err
-	}
 	dev, err := newDevicePass(m, a, maxT, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &LoRA{Pass: p, Adapter: a, hook: h, dev: dev}, nil
+	if dev != nil {
+		// The device holds the pass: no host activations at all.
+		return &LoRA{Adapter: a, hook: h, dev: dev}, nil
+	}
+	p, err := m.NewPass(maxT, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &LoRA{Pass: p, Adapter: a, hook: h}, nil
 }
 
 // evalHook passes the adapter through, turning its training mode (dropout)
