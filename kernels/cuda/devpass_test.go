@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -411,5 +413,72 @@ func TestDevicePassFallback(t *testing.T) {
 			t.Errorf("%s: train.NewLoRA on the device: %v", c.name, run.OnDevice())
 		}
 		run.Close()
+	}
+}
+
+// TestDevicePassResume: with the optimizer on the device, a run stopped
+// after step 2 (Ctrl-C: the trainer checkpoints, syncing the device's
+// parameters and AdamW moments to the host first) and resumed in a fresh
+// process-like setup (new model, adapter and device pass, which load the
+// checkpoint back onto the device) ends with the same adapter as a run
+// straight through, bit for bit, and the adapter saved at the end holds
+// the device's final parameters.
+func TestDevicePassResume(t *testing.T) {
+	const T, steps = 24, 4
+	opts := model.TrainOptions{LossChunk: 8}
+	ds := func(V int) fixedData {
+		return fixedData{batches: packedBatches(rand.New(rand.NewPCG(9, 9)), 3, 2, T, V)}
+	}
+	cfg := func(dir string, resume bool) train.Config {
+		return train.Config{MaxSteps: steps, BatchSize: 2, GradAccum: 1, LR: 1e-3, Schedule: "cosine", WarmupSteps: 1,
+			AdamW:       train.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01},
+			MaxGradNorm: 1, KeepCheckpoints: 2, SaveEvery: 0, Dir: dir, DType: "f32", Seed: 42, Resume: resume}
+	}
+	run := func(dir string, resume bool, stopAfter int) (*loraRun, error) {
+		fb, _ := newFake(t, false)
+		r := newLoRARun(t, "qwen3-untied-bf16", fb, T, opts, 0.1)
+		if !r.run.OnDevice() {
+			t.Fatal("train.NewLoRA did not pick the device pass")
+		}
+		t.Cleanup(r.run.Close)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		tr := &train.Trainer{Cfg: cfg(dir, resume), Model: r.run, Params: r.run, Data: ds(r.m.Config.Vocab),
+			Progress: func(e train.Event) {
+				if e.Train != nil && e.Train.Step == stopAfter {
+					cancel()
+				}
+			}}
+		_, err := tr.Run(ctx)
+		return r, err
+	}
+	straight, err := run(t.TempDir(), false, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	_, err = run(dir, false, 2)
+	var ie *train.InterruptedError
+	if !errors.As(err, &ie) || ie.Step != 2 {
+		t.Fatalf("stop after step 2: %v", err)
+	}
+	resumed, err := run(dir, true, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := straight.ad.Params(), resumed.ad.Params()
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("parameter %d: %v resumed, %v straight through", i, b[i], a[i])
+		}
+	}
+	saved, err := lora.Load(filepath.Join(dir, "adapter"), resumed.m.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range saved.Params() {
+		if math.Float32bits(x) != math.Float32bits(a[i]) {
+			t.Fatalf("saved adapter parameter %d: %v, the device ended with %v", i, x, a[i])
+		}
 	}
 }
