@@ -51,7 +51,7 @@ var ptx string
 
 // kernelNames are the entry points of kernels.ptx the backend uses.
 var kernelNames = []string{
-	"embedding_fwd", "embedding_bwd", "rmsnorm_fwd", "rmsnorm_bwd_din", "rmsnorm_bwd_dw", "rope",
+	"embedding_fwd", "embedding_fwd_bf16", "embedding_bwd", "rmsnorm_fwd", "rmsnorm_bwd_din", "rmsnorm_bwd_dw", "rope",
 	"attention_fwd", "attention_bwd_q", "attention_bwd_kv", "swiglu_fwd", "swiglu_bwd", "add_fwd",
 	"bias_add", "bias_bwd", "softmax_fwd", "nll_fwd", "nll_bwd", "f32_to_bf16", "bf16_to_f32", "f16_to_f32", "adamw",
 }

@@ -379,12 +379,13 @@ type LoRAPass struct {
 	dims passDims
 
 	// Device weights: per layer base projections (fp32 or bf16), biases
-	// and norms (fp32), the embedding table (fp32) and the LM head.
+	// and norms (fp32), the embedding table (fp32, or bf16 as stored) and the LM head.
 	lw               [][nMod]uint64
 	lbias            [][nMod]uint64
 	inNorm, postNorm []uint64
 	qNorm, kNorm     []uint64
 	embed, lmHead    uint64
+	embedBF16        bool // embed is the BF16 table as stored (embedding_fwd_bf16)
 	norm             uint64
 	owned            []dbuf // pass-owned allocations (the slab, F32 weights)
 
@@ -699,13 +700,17 @@ func (p *LoRAPass) uploadWeights() error {
 	if p.norm, err = p.vec(dec.norm); err != nil {
 		return err
 	}
-	// The embedding kernel reads an fp32 table.
+	// The embedding kernels read an fp32 table, or a BF16 one as stored.
 	if dec.embed.DType.Quantized() {
 		return fmt.Errorf("cuda: device pass: embed_tokens: quantized (%v): %w", dec.embed.DType, errUnsupported)
 	}
-	if dec.embed.DType == kernels.F32 {
+	switch dec.embed.DType {
+	case kernels.F32:
 		p.embed, err = p.baseWeight("embed_tokens", dec.embed, false)
-	} else {
+	case kernels.BF16:
+		p.embed, err = p.b.weight(dec.embed, true)
+		p.embedBF16 = true
+	default:
 		p.embed, err = p.b.weight(dec.embed, false)
 	}
 	if err != nil {
@@ -1076,7 +1081,11 @@ func (p *LoRAPass) forward(op string, tokens, positions, segIDs, labels []int32,
 	half := d.HD / 2
 	b.launch("gather_rows", T, 64, p.cos, p.tabCos, p.positions(), T, half)
 	b.launch("gather_rows", T, 64, p.sin, p.tabSin, p.positions(), T, half)
-	b.launch("embedding_fwd", T, rowThreads, p.xs[0], p.tokens(), p.embed, T, d.C)
+	if p.embedBF16 {
+		b.launch("embedding_fwd_bf16", T, rowThreads, p.xs[0], p.tokens(), p.embed, T, d.C)
+	} else {
+		b.launch("embedding_fwd", T, rowThreads, p.xs[0], p.tokens(), p.embed, T, d.C)
+	}
 	for l := range d.L {
 		p.layerForward(l, T, false)
 	}

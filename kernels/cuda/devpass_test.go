@@ -482,3 +482,38 @@ func TestDevicePassResume(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbeddingBF16Table: a BF16 embedding table is gathered on the device
+// as stored (embedding_fwd_bf16): the rows equal the CPU backend's widened
+// values bit for bit, and the table takes 2 bytes a weight on the device,
+// not the 4 of an fp32 copy.
+func TestEmbeddingBF16Table(t *testing.T) {
+	const V, C = 50, 24
+	r := rand.New(rand.NewPCG(3, 3))
+	raw := make([]byte, 2*V*C)
+	for i := 0; i < V*C; i++ {
+		h := uint16(math.Float32bits(float32(r.NormFloat64())) >> 16)
+		raw[2*i], raw[2*i+1] = byte(h), byte(h>>8)
+	}
+	table := kernels.Weight{DType: kernels.BF16, Rows: V, Cols: C, Data: raw}
+	tokens := []int{3, 49, 0, 3, 17}
+	fb, fake := newFake(t, false)
+	live0 := fb.Memory().Live
+	got := make([]float32, len(tokens)*C)
+	fb.EmbeddingForward(got, tokens, table)
+	want := make([]float32, len(tokens)*C)
+	cpu.New(1).EmbeddingForward(want, tokens, table)
+	for i := range want {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("element %d: %v on the device, %v on the CPU", i, got[i], want[i])
+		}
+	}
+	if fake.launches["embedding_fwd_bf16"] != 1 || fake.launches["embedding_fwd"] != 0 {
+		t.Fatalf("launches %v, want one embedding_fwd_bf16", fake.launches)
+	}
+	// The bf16 table, the output rows and the token ids: 2400 + 480 + 20
+	// bytes (an fp32 table alone would be 4800).
+	if grew, want := fb.Memory().Live-live0, uint64(2*V*C+len(tokens)*C*4+len(tokens)*4); grew != want {
+		t.Errorf("device memory grew by %d bytes, want %d (the bf16 table, the output, the ids)", grew, want)
+	}
+}

@@ -186,6 +186,15 @@ func (f *fakeDev) launch(name string, grid int) {
 		for t, id := range tok {
 			copy(out[t*C:(t+1)*C], f.f32(p(2)+uint64(id*C)*4, C))
 		}
+	case "embedding_fwd_bf16":
+		T, C := n(3), n(4)
+		out, tok := f.f32(p(0), T*C), f.ints(p(1), T)
+		for t, id := range tok {
+			row := f.u16(p(2)+uint64(id*C)*2, C)
+			for c, h := range row {
+				out[t*C+c] = math.Float32frombits(uint32(h) << 16)
+			}
+		}
 	case "rmsnorm_fwd":
 		N, C := n(4), n(5)
 		c.RMSNormForward(f.f32(p(0), N*C), f.f32(p(1), N*C), f.f32(p(2), C), float64(fl(3)), N, C)

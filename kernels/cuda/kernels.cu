@@ -73,6 +73,16 @@ extern "C" __global__ void embedding_fwd(float* out, const int* tokens, const fl
     for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = row[c];
 }
 
+// embedding_fwd from a bf16 table (a BF16 checkpoint's, as stored: half
+// the device memory of an fp32 copy); widening bf16 to fp32 is exact.
+extern "C" __global__ void embedding_fwd_bf16(float* out, const int* tokens, const unsigned short* table, int T, int C) {
+    int t = blockIdx.x;
+    if (t >= T) return;
+    const unsigned short* row = table + (long long)tokens[t] * C;
+    float* o = out + (long long)t * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = __uint_as_float((unsigned int)row[c] << 16);
+}
+
 // dtable[tokens[t],c] += dout[t,c] in ascending t: one thread per column, so
 // no two threads touch the same element and the order matches the CPU.
 extern "C" __global__ void embedding_bwd(float* dtable, const float* dout, const int* tokens, int T, int C) {

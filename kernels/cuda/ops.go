@@ -32,10 +32,16 @@ func (b *Backend) EmbeddingForward(out []float32, tokens []int, table kernels.We
 		}
 	}
 	defer b.enter()()
-	tab := b.mustWeight("embedding", table, false)
 	o := b.slot(0, uint64(T*C)*4)
 	ids := b.putInts(6, tokens)
-	b.launch("embedding_fwd", T, rowThreads, o, ids, tab, T, C)
+	if table.DType == kernels.BF16 {
+		// Gathered from the table as stored (half an fp32 copy's memory).
+		tab := b.mustWeight("embedding", table, true)
+		b.launch("embedding_fwd_bf16", T, rowThreads, o, ids, tab, T, C)
+	} else {
+		tab := b.mustWeight("embedding", table, false)
+		b.launch("embedding_fwd", T, rowThreads, o, ids, tab, T, C)
+	}
 	b.get(out[:T*C], o)
 }
 
