@@ -169,6 +169,7 @@ type Trainer struct {
 	comm     dist.Comm // resolved; nil for a single process
 	opt      *AdamW
 	dev      DeviceOptimizer // the optimizer runs on the device holding the gradients (nil: on the host)
+	synced   int             // with dev: the step the host slabs hold (syncHost)
 	pos      position
 	total    int
 	metrics  *metricsFile
@@ -257,7 +258,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		if err := d.LoadFromHost(t.opt); err != nil {
 			return nil, fmt.Errorf("train: %w", err)
 		}
-		t.dev = d
+		t.dev, t.synced = d, t.pos.Step
 	}
 	if t.metrics != nil {
 		defer t.metrics.Close()
@@ -395,10 +396,8 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		res.Eval = em
 	}
 	dir := filepath.Join(c.Dir, c.artifact())
-	if t.dev != nil {
-		if err := t.dev.SyncToHost(t.opt); err != nil {
-			return nil, fmt.Errorf("train: %w", err)
-		}
+	if err := t.syncHost(); err != nil {
+		return nil, err
 	}
 	if t.rank() == 0 {
 		dir, err = saveArtifact(t.Params, c.Dir, c.artifact(), c.DType)
@@ -446,10 +445,8 @@ func (t *Trainer) checkpoint() error {
 		t.lastCkpt = checkpointDir(t.Cfg.Dir, t.pos.Step) // rank 0 writes it
 		return nil
 	}
-	if t.dev != nil {
-		if err := t.dev.SyncToHost(t.opt); err != nil {
-			return err
-		}
+	if err := t.syncHost(); err != nil {
+		return err
 	}
 	params, _ := t.Params.Slabs()
 	st := &checkpointState{Position: t.pos, OptimizerStep: t.opt.Step, SchedulerStep: t.pos.Step,
@@ -906,4 +903,18 @@ func (t *Trainer) writeMetrics(v any) error {
 		return nil
 	}
 	return t.metrics.write(v)
+}
+
+// syncHost brings the device optimizer's parameters and moments to the
+// host slabs, once per step: a checkpoint at the last step and the saved
+// adapter after it share one copy.
+func (t *Trainer) syncHost() error {
+	if t.dev == nil || t.synced == t.pos.Step {
+		return nil
+	}
+	if err := t.dev.SyncToHost(t.opt); err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	t.synced = t.pos.Step
+	return nil
 }

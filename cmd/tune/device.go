@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/tunellm/tune/kernels"
-	_ "github.com/tunellm/tune/kernels/cpu" // the reference backend
+	"github.com/tunellm/tune/kernels/cpu" // the reference backend (registers itself)
 	"github.com/tunellm/tune/kernels/cuda"
 	"github.com/tunellm/tune/recipes"
 	"github.com/tunellm/tune/train"
@@ -131,4 +131,15 @@ func trainCatching(run func() (*train.Result, error)) (res *train.Result, err er
 		}
 	}()
 	return run()
+}
+
+// qmatmulDefault makes quantized GGUF weights compute as llama.cpp computes
+// them (activations rounded to 8-bit blocks, integer dot products), so
+// eval, generate and the pipeline's GGUF validations give llama.cpp's
+// numbers, faster; TUNE_QMATMUL=exact keeps "dequantize, then fp32".
+// Training pins exact (recipes.Job.Train).
+func qmatmulDefault() {
+	if _, set := cpu.QMatMulEnv(); !set {
+		cpu.SetQMatMulMode(cpu.QInt8)
+	}
 }

@@ -31,14 +31,3 @@ func addThreadsFlag(root *cobra.Command) {
 	var t threadsValue
 	root.PersistentFlags().Var(&t, "threads", "worker threads of the CPU kernels (0: GOMAXPROCS, the cores Go uses); the results do not depend on it")
 }
-
-// qmatmulDefault makes quantized GGUF weights compute as llama.cpp computes
-// them (activations rounded to 8-bit blocks, integer dot products), so
-// eval, generate and the pipeline's GGUF validations give llama.cpp's
-// numbers, faster; TUNE_QMATMUL=exact keeps "dequantize, then fp32".
-// Training pins exact (recipes.Job.Train).
-func qmatmulDefault() {
-	if _, set := cpu.QMatMulEnv(); !set {
-		cpu.SetQMatMulMode(cpu.QInt8)
-	}
-}

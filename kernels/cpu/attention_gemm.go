@@ -40,13 +40,20 @@ func f32Weight(f []float32, rows, cols int) kernels.Weight {
 // rowRange is the keys [lo, p] query t (position p = pos0+t) attends to.
 func (a *attentionTask) rowRange(t int) (lo, p int) {
 	p = a.pos0 + t
-	if a.segStart != nil {
-		lo = a.segStart[t]
+	return firstKey(a.segStart, a.window, t, p), p
+}
+
+// firstKey is the first key the query of row t at position p sees: its
+// segment's start (segStart nil: 0), later with a window.
+func firstKey(segStart []int, window, t, p int) int {
+	lo := 0
+	if segStart != nil {
+		lo = segStart[t]
 	}
-	if a.window > 0 {
-		lo = max(lo, p-a.window+1)
+	if window > 0 {
+		lo = max(lo, p-window+1)
 	}
-	return lo, p
+	return lo
 }
 
 func (a *attentionTask) run(wk *worker, chunk int) {
@@ -122,7 +129,7 @@ func (a *attentionBackTask) run(wk *worker, chunk int) {
 			r[j] *= a.scale
 			mx = max(mx, r[j])
 		}
-		_, sum := maxExpSum(r)
+		sum := expSum(r, mx)
 		lse := mx + float32(math.Log(sum))
 		expAffine(r, r, 1, -lse)
 		var dsum float64
@@ -142,13 +149,7 @@ func (a *attentionBackTask) run(wk *worker, chunk int) {
 }
 
 // lo is the first key query t sees.
-func (a *attentionBackTask) lo(t int) int {
-	lo := a.segStart[t]
-	if a.window > 0 {
-		lo = max(lo, t-a.window+1)
-	}
-	return lo
-}
+func (a *attentionBackTask) lo(t int) int { return firstKey(a.segStart, a.window, t, t) }
 
 // runKV computes dk, dv of the key rows [s0, s1) for kv head g: the queries
 // that see key s are t in [s, hi(s)), hi(s) the end of s's segment or

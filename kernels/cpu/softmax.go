@@ -116,14 +116,19 @@ func (s *nllBackTask) run(_ *worker, n int) {
 	d[s.targets[n]] -= s.dloss
 }
 
-// maxExpSum returns the row's maximum and sum_i e^(x[i]-max) (float32
-// exponentials, expf, summed in float64 in index order), a chunk of 256
-// exponentials at a time on the stack.
+// maxExpSum returns the row's maximum and expSum(x, max).
 func maxExpSum(x []float32) (mx float32, sum float64) {
 	mx = float32(math.Inf(-1))
 	for _, v := range x {
 		mx = max(mx, v)
 	}
+	return mx, expSum(x, mx)
+}
+
+// expSum is sum_i e^(x[i]-mx): float32 exponentials (expf) summed in
+// float64 in index order, a chunk of 256 exponentials at a time on the
+// stack.
+func expSum(x []float32, mx float32) (sum float64) {
 	var buf [256]float32
 	for i := 0; i < len(x); i += len(buf) {
 		e := buf[:min(len(buf), len(x)-i)]
@@ -132,5 +137,5 @@ func maxExpSum(x []float32) (mx float32, sum float64) {
 			sum += float64(v)
 		}
 	}
-	return mx, sum
+	return sum
 }
