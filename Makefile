@@ -64,7 +64,7 @@ clean:
 # CUDA kernels: kernels.cu -> the committed, embedded PTX (needs nvcc: Debian's non-free
 # nvidia-cuda-toolkit 11.8). Only kernel authors run this; building tune never needs CUDA.
 kernels: kernels/cuda/kernels.ptx
-kernels/cuda/kernels.ptx: kernels/cuda/kernels.cu
+kernels/cuda/kernels.ptx: kernels/cuda/kernels.cu kernels/cuda/dora.cu kernels/cuda/kld.cu
 	nvcc -ptx -arch=compute_80 --fmad=false -O3 -o $@ $<
 
 # The GPU check: builds what the device machine runs (it has no Go), then run there, in one call,

@@ -305,10 +305,49 @@ func KLDivergenceDist(base, m *model.Model, ids []int, opts KLDOptions, d Reduce
 	mk := func(mm *model.Model) *side {
 		return &side{m: mm, cache: mm.NewCache(opts.Ctx), hidden: make([]float32, opts.Ctx*mm.Config.Hidden), logits: make([]float32, V)}
 	}
-	sb, sq := mk(base), mk(m)
+	// On a backend with a device KLD scorer (kernels/cuda) both models run
+	// on the device and only the four numbers per scored token come back.
+	maxT := 0
+	for i, w := range wins {
+		if i%size == rank {
+			maxT = max(maxT, len(w))
+		}
+	}
+	var dk deviceKLDer
+	if maxT > 0 {
+		var done func()
+		var err error
+		if dk, done, err = deviceKLD(base, m, maxT); err != nil {
+			return KLDResult{}, err
+		}
+		defer done()
+	}
+	var sb, sq *side
+	if dk == nil {
+		sb, sq = mk(base), mk(m)
+	}
 	var acc KLDAcc
+	var row []float64 // a window's device stats
 	for i, w := range wins {
 		if i%size != rank {
+			continue
+		}
+		if dk != nil {
+			nr := max(0, len(w)-1-first)
+			row = slices.Grow(row[:0], 4*nr)[:4*nr]
+			if err := dk.Window(w, first, row); err != nil {
+				return KLDResult{}, fmt.Errorf("eval: kld: window %d: %w", i, err)
+			}
+			for j := 0; j < nr; j++ {
+				st := row[4*j : 4*j+4]
+				acc.addStats(st[0], st[1], st[2], st[3] != 0)
+				if stats != nil {
+					copy(stats[4*(offs[i]+j):], st)
+				}
+			}
+			if progress != nil {
+				progress(i+1, len(wins))
+			}
 			continue
 		}
 		for _, s := range []*side{sb, sq} {

@@ -9,6 +9,8 @@ package eval
 import (
 	"fmt"
 	"math"
+
+	"github.com/tunellm/tune/model"
 )
 
 // Windower scores one window of tokens from position 0: the sum of
@@ -46,6 +48,10 @@ func Windows(ids []int, ctx int) [][]int {
 // window is run on its own from position 0, and every token but the first of each
 // window is scored. ppl = exp(sum NLL / tokens scored). progress, if not nil, is
 // called after each window with the tokens done so far and the total.
+//
+// A *model.Model whose backend scores windows on its device (kernels/cuda,
+// unless TUNE_CUDA_PASS=host) is run through DeviceWindower: the same sums,
+// with the weights uploaded once instead of every operand per op.
 func Perplexity(m Windower, ids []int, ctx int, progress func(done, total int)) (PPLResult, error) {
 	return PerplexityDist(m, ids, ctx, nil, progress)
 }
@@ -64,6 +70,16 @@ func PerplexityDist(m Windower, ids []int, ctx int, d Reducer, progress func(don
 		return PPLResult{}, fmt.Errorf("eval: ppl: the corpus has %d tokens: nothing to score (want at least 2)", len(ids))
 	}
 	rank, size := rankOf(d)
+	if mm, ok := m.(*model.Model); ok && rank < len(wins) {
+		// On an accelerator the windows run on the device (the first
+		// window is the longest); elsewhere w is mm.
+		w, done, err := DeviceWindower(mm, len(wins[0]))
+		if err != nil {
+			return PPLResult{}, err
+		}
+		defer done()
+		m = w
+	}
 	// sums[i], counts[i]: window i's NLL sum and tokens scored.
 	sums := make([]float64, 2*len(wins))
 	counts := sums[len(wins):]

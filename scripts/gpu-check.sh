@@ -26,12 +26,14 @@
 #      ceiling), then LoRA r=16 training of a Qwen3-8B-shaped model with
 #      random bf16 weights: the device-resident pass with the optimizer on
 #      the device (seq 2048 without and with checkpointing, seq 8192 with),
-#      then through train.Trainer (seq 2048): tokens/s, MFU, peak GPU memory
+#      then through train.Trainer (seq 2048): tokens/s, MFU, peak GPU memory;
+#      and QLoRA (the linears in NF4 on the device): base and step memory
 # The device-resident LoRA pass (kernels/cuda/devpass.go) is checked in
 # stages 2-4 (DevicePassGPU: loss and LoRA grads vs the CPU's model.Pass on
-# the tiny models), and LoRAGolden, FineTune50 and `tune lora --device cuda`
-# run through it too (train.NewLoRA picks it; TUNE_CUDA_PASS=host does not).; and
-#      QLoRA (the linears in NF4 on the device): base and step memory
+# the tiny models; DevicePassQuantizedGPU: the same on NF4, INT4, INT8, Q8_0
+# bases and a Q8_0 GGUF), and LoRAGolden, FineTune50 and `tune lora --device
+# cuda` run through it too (train.NewLoRA picks it; TUNE_CUDA_PASS=host
+# does not).
 # Output in $OUT (at most 8 files come back): gpu-check.txt (everything),
 # summary.txt (the short table, also printed last), logs.tgz (one log per
 # stage, the op tables, the reference data's json). It never resets or
@@ -107,11 +109,12 @@ stage ci-side 30 "$TEST" -test.count=1 -test.v -test.run 'TestPTX|TestNoDriver|T
 for t in Embedding MatMul RMSNorm RoPE Attention Elementwise SoftmaxNLL AdamW BF16Round; do
 	TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage "ops-$t" 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run "^TestOps$t\$"
 done
+TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage attn-tc 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run '^TestAttentionTC$'
 TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage dequant 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run '^(TestDequantKernels|TestQuantMatMul)$'
-for t in ModelForward ModelTrainPass DevicePassGPU LoRAGolden FineTune50; do
+for t in ModelForward ModelTrainPass DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU LoRAGolden FineTune50; do
 	TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage "$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
-for t in OpsMatMul QuantMatMul ModelForward DevicePassGPU FineTune50; do
+for t in OpsMatMul QuantMatMul ModelForward DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU FineTune50; do
 	TUNE_CUDA_GEMM=bf16 TUNE_CUDA_REPORT=$WORK/ops-bf16.txt stage "bf16-$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
 

@@ -55,7 +55,11 @@ is lower with a longer --ctx, so compare models at the same --ctx.
 
 Under mpirun, srun or torchrun, or with --nproc-per-node N, the windows are split
 across the ranks and their NLL sums and token counts added in window order: the
-result is bit for bit one process's (docs/SCALING.md).`,
+result is bit for bit one process's (docs/SCALING.md).
+
+On a GPU (--device cuda or auto) the windows run through the device-resident pass
+(weights uploaded once; per window only the token ids go up and the NLL sum comes
+back); quantized and DoRA models, and TUNE_CUDA_PASS=host, run op by op instead.`,
 		Example: `  tune eval ppl --model ./Qwen3-8B --data wiki.test.raw
   tune eval ppl --model ./Qwen3-8B --data data/test-00000-of-00001.parquet --column text --json
   tune eval ppl --model ./merged --data legal-heldout.jsonl --ctx 2048 --max-tokens 100000

@@ -54,6 +54,7 @@ func TestBench(t *testing.T) {
 	benchLine("device %s, cc %s, %d SMs, %.0f GiB", b.dev.Name, b.dev.CC(), b.dev.SMs, float64(b.dev.TotalMem)/(1<<30))
 	t.Run("gemm", func(t *testing.T) { benchGEMM(t, b) })
 	t.Run("attention", func(t *testing.T) { benchAttention(t, b) })
+	t.Run("attention_tc", func(t *testing.T) { benchAttentionTC(t, b) })
 	t.Run("lora_step", func(t *testing.T) { benchLoRAStep(t, b) })
 }
 
@@ -115,6 +116,48 @@ func benchAttention(t *testing.T, b *Backend) {
 		b.launch("attention_bwd_kv", blocks(T*KVH, attnWarps), attnWarps*32, dkp, dvp, lse, dsum, dop, qp, kp, vp, sp, T, NH, KVH, HD, 0, scale)
 	})
 	benchLine("attention bwd T=%d NH=%d KVH=%d HD=%d causal: %.3f ms, %.2f TFLOP/s (2.5x fwd flops)", T, NH, KVH, HD, ms, 2.5*flops/ms/1e9)
+}
+
+// benchAttentionTC times the tensor-core attention (attn_tc.go) against the
+// warp kernels at Qwen3-8B's heads, one causal document: forward, and
+// backward (D, dq, dk/dv), in TFLOP/s of the causal pairs (forward 4·pairs·HD
+// per head, backward 2.5x).
+//
+//	TUNE_CUDA_BENCH=1 go test ./kernels/cuda -run 'TestBench/attention_tc' -v
+func benchAttentionTC(t *testing.T, b *Backend) {
+	r := rand.New(rand.NewPCG(35, 36))
+	for _, T := range []int{2048, 8192} {
+		c := attnCase{T: T, NH: 32, KVH: 8, HD: 128, docs: []int{}}
+		q, k, v, dout := randn(r, T*c.NH*c.HD, 1), randn(r, T*c.KVH*c.HD, 1), randn(r, T*c.KVH*c.HD, 1), randn(r, T*c.NH*c.HD, 1)
+		func() {
+			defer b.enter()()
+			a := newAttnDev(t, b, c, q, k, v, dout)
+			defer a.free()
+			scale := float32(1 / math.Sqrt(float64(c.HD)))
+			flops := 4 * float64(T) * float64(T+1) / 2 * float64(c.NH*c.HD)
+			iters := 5
+			if T > 4096 {
+				iters = 1 // the warp kernels may take a second here
+			}
+			wf := timeDevice(b, iters, func() {
+				b.launch("attention_fwd", blocks(T*c.NH, attnWarps), attnWarps*32, a.out, a.q, a.k, a.v, a.seg, 0, T, c.NH, c.KVH, c.HD, 0, scale)
+			})
+			wb := timeDevice(b, iters, func() {
+				b.launch("attention_bwd_q", blocks(T*c.NH, attnWarps), attnWarps*32, a.dq, a.lse, a.dsum, a.dout, a.q, a.k, a.v, a.seg, T, c.NH,
+					c.KVH, c.HD, 0, scale)
+				b.launch("attention_bwd_kv", blocks(T*c.KVH, attnWarps), attnWarps*32, a.dk, a.dv, a.lse, a.dsum, a.dout, a.q, a.k, a.v, a.seg, T,
+					c.NH, c.KVH, c.HD, 0, scale)
+			})
+			tf := timeDevice(b, 5, func() { b.attnFwdTC(a.outT, a.lseT, a.q, a.k, a.v, a.seg, T, c.NH, c.KVH, c.HD, 0) })
+			tb := timeDevice(b, 5, func() {
+				b.attnBwdTC(a.dqT, a.dkT, a.dvT, a.lseT, a.dsumT, a.dout, a.outT, a.q, a.k, a.v, a.seg, T, c.NH, c.KVH, c.HD, 0)
+			})
+			benchLine("attention T=%d NH=%d KVH=%d HD=%d causal fwd: tc %.3f ms %.1f TFLOP/s, warp %.3f ms %.1f TFLOP/s", T, c.NH, c.KVH, c.HD,
+				tf, flops/tf/1e9, wf, flops/wf/1e9)
+			benchLine("attention T=%d NH=%d KVH=%d HD=%d causal bwd: tc %.3f ms %.1f TFLOP/s, warp %.3f ms %.1f TFLOP/s", T, c.NH, c.KVH, c.HD,
+				tb, 2.5*flops/tb/1e9, wb, 2.5*flops/wb/1e9)
+		}()
+	}
 }
 
 // benchLoRAStep: one q_proj-sized linear with a rank-16 adapter, forward and

@@ -79,9 +79,18 @@ func TestPTXEmbedded(t *testing.T) {
 			t.Errorf("kernels.ptx has no entry %s (stale PTX? make kernels)", n)
 		}
 	}
-	src, err := os.ReadFile("kernels.cu")
-	if err != nil {
-		t.Fatal(err)
+	var src []byte
+	for _, f := range []string{"kernels.cu", "dora.cu", "kld.cu"} { // #included by kernels.cu
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src = append(src, b...)
+	}
+	for _, inc := range []string{`#include "dora.cu"`, `#include "kld.cu"`} {
+		if !strings.Contains(string(src), inc) {
+			t.Errorf("kernels.cu lacks %s", inc)
+		}
 	}
 	for _, m := range regexp.MustCompile(`extern "C" __global__ void ([A-Za-z0-9_]+)\(`).FindAllStringSubmatch(string(src), -1) {
 		if !entries[m[1]] {

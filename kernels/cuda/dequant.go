@@ -211,8 +211,13 @@ func (b *Backend) mustQWeight(op string, w kernels.Weight) uint64 {
 // each tile of rows [r0,r1) gives the columns r0..r1 of o (column-major:
 // rows r0..r1 of the OC×T matrix, ldc = OC).
 func (b *Backend) qForward(o, x uint64, w kernels.Weight, T int, dt int32) {
+	b.qForwardRaw(o, x, b.mustQWeight("matmul", w), w, T, dt)
+}
+
+// qForwardRaw is qForward on w's blocks already on the device at raw (the
+// device pass keeps its own pointers).
+func (b *Backend) qForwardRaw(o, x, raw uint64, w kernels.Weight, T int, dt int32) {
 	C, OC := w.Cols, w.Rows
-	raw := b.mustQWeight("matmul", w)
 	esz := 4
 	if dt != dtR32F {
 		esz = 2
@@ -229,8 +234,12 @@ func (b *Backend) qForward(o, x uint64, w kernels.Weight, T int, dt int32) {
 // as a sum over tiles of rows: Din += W[:, r0:r1]·Dout[r0:r1, :]. d holds
 // fp32 or bf16 elements as dt says.
 func (b *Backend) qDin(di, d uint64, w kernels.Weight, T int, dt int32) {
+	b.qDinRaw(di, d, b.mustQWeight("matmul_back", w), w, T, dt)
+}
+
+// qDinRaw is qDin on w's blocks already on the device at raw.
+func (b *Backend) qDinRaw(di, d, raw uint64, w kernels.Weight, T int, dt int32) {
 	C, OC := w.Cols, w.Rows
-	raw := b.mustQWeight("matmul_back", w)
 	esz := 4
 	if dt != dtR32F {
 		esz = 2

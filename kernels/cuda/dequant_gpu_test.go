@@ -137,7 +137,8 @@ func TestQuantMatMul(t *testing.T) {
 // linear, one sequence of 2048 tokens per step with gradient checkpointing:
 // the device bytes of the quantized linears (must be their 3.91 GB, not
 // 14 GB of bf16), and the backend's peak over training steps (issue #11's
-// target: the step under 12 GB), on the per-op path. Sized by
+// target: the step under 12 GB), through the device-resident pass (the
+// per-op path with TUNE_CUDA_PASS=host). Sized by
 // TUNE_CUDA_BENCH_BUDGET seconds (default 100).
 func TestQLoRA8BMemory(t *testing.T) {
 	if os.Getenv("TUNE_CUDA_BENCH") != "1" {
@@ -217,14 +218,15 @@ func qloraMemory(t *testing.T, g *Backend, cfgJSON string, T int, budget float64
 		b.IDs, b.Labels, b.Positions, b.SegIDs = append(b.IDs, id), append(b.Labels, id), append(b.Positions, int32(i)), append(b.SegIDs, 0)
 	}
 	b.Labels[0] = data.IgnoreIndex
-	// The per-op path: the device-resident pass (devpass.go) does not take
-	// a quantized base yet.
-	dp := g.devPass
-	g.devPass = false
-	defer func() { g.devPass = dp }()
+	// The device-resident pass (devpass.go) when the backend has it (the
+	// default; TUNE_CUDA_PASS=host: the per-op path).
 	run, err := train.NewLoRA(m, ad, T, model.TrainOptions{Checkpointing: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer run.Close()
+	if run.OnDevice() != g.devPass {
+		t.Fatalf("train.NewLoRA on the device pass: %v, want %v (the pass takes NF4 bases)", run.OnDevice(), g.devPass)
 	}
 	g.ResetPeak()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -264,8 +266,8 @@ func qloraMemory(t *testing.T, g *Backend, cfgJSON string, T int, budget float64
 			}
 		}
 	}
-	benchLine("qlora nf4, LoRA r=16 all-linear, T=%d, checkpointing: %d steps, %.1f s/step, loss %.3f; GPU peak %.2f GB (backend: NF4 linears %.2f, embedding and lm_head %.2f, the rest LoRA and scratch), %.2f GB used on the device; issue #11 targets: base ~6 GB, step < 12 GB",
-		T, len(steps), time.Since(t0).Seconds()/float64(len(steps)), steps[len(steps)-1].Loss, float64(mem.Peak)/1e9, float64(linears)/1e9,
+	benchLine("qlora nf4, LoRA r=16 all-linear, T=%d, checkpointing, device pass %v: %d steps, %.1f s/step, loss %.3f; GPU peak %.2f GB (backend: NF4 linears %.2f, embedding and lm_head %.2f, the rest LoRA and scratch), %.2f GB used on the device; issue #11 targets: base ~6 GB, step < 12 GB",
+		T, run.OnDevice(), len(steps), time.Since(t0).Seconds()/float64(len(steps)), steps[len(steps)-1].Loss, float64(mem.Peak)/1e9, float64(linears)/1e9,
 		float64(dense)/1e9, float64(mem.DeviceUsed)/1e9)
 	if math.IsNaN(steps[0].Loss) {
 		t.Errorf("loss NaN")

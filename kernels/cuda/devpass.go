@@ -35,9 +35,15 @@ import (
 // compute nothing), so the model stays the single owner of its tensors and
 // of the op order, and the pass refuses a model whose trace it does not
 // recognise.
+//
+// Block-quantized base weights (QLoRA's NF4/INT4/INT8 bases, GGUF models)
+// stay in their blocks on the device; each base GEMM expands a tile of rows
+// at a time into the backend's tile buffer and multiplies it (dequant.go),
+// forward and din alike; a quantized embedding table is expanded to fp32
+// once.
 
-// errUnsupported marks what the device pass does not cover (DoRA,
-// quantized base weights, a model whose trace it does not recognise):
+// errUnsupported marks what the device pass does not cover (DoRA, a model
+// whose trace it does not recognise):
 // NewLoRADevicePass then leaves training to the per-op path.
 var errUnsupported = errors.New("not supported by the device pass (TUNE_CUDA_PASS=host runs the per-op path)")
 
@@ -275,13 +281,17 @@ type passDims struct {
 	ckpt, bf16              bool
 	maxR, maxIn             int
 	drop                    bool // LoRA dropout: the [T,maxIn] mask scratch
-	loraRows                int  // Σ over adapted modules of R (u is [T,R] per module)
+	dora                    bool // DoRA modules: [T,maxOut] scratch twice, the norm tile
+	tcAttn                  bool // tensor-core attention (attn_tc.go): lse saved per layer without checkpointing
+	maxOut, normRows        int
+	loraRows                int // Σ over adapted modules of R (u is [T,R] per module)
 	nParams                 int
 }
 
 // devActs are one layer's saved activations (device addresses).
 type devActs struct {
 	x, qr, kr, q, k, v, att, xm, gate, up uint64
+	lse                                   uint64 // [T,NH] the tensor-core forward's log-sum-exp (tcAttn, no checkpointing)
 }
 
 // carve lays the device slab out from base (0: count only) and returns its
@@ -315,6 +325,9 @@ func (p *LoRAPass) carve(base uint64) uint64 {
 				a.qr, a.kr = f(T*qd), f(T*kvd)
 			}
 			a.att, a.xm, a.gate, a.up = f(T*qd), f(T*C), f(T*I), f(T*I)
+			if d.tcAttn && !d.ckpt {
+				a.lse = f(T * uint64(d.NH))
+			}
 		}
 	}
 	for l := range p.la {
@@ -346,6 +359,11 @@ func (p *LoRAPass) carve(base uint64) uint64 {
 	if d.drop {
 		p.xd, p.dx = f(T*In), f(T*In)
 	}
+	if d.dora {
+		Out, NR := uint64(max(d.maxOut, 1)), uint64(max(d.normRows, 1))
+		p.doraY, p.doraBase = f(T*Out), f(T*Out)
+		p.normTile, p.sB = f(NR*In), f(NR*R)
+	}
 	N := uint64(max(d.nParams, 1))
 	p.P, p.G, p.M, p.Vm = f(N), f(N), f(N), f(N)
 	return off
@@ -365,6 +383,12 @@ type devModule struct {
 	u            uint64 // [T,R] x·Aᵀ saved by forward
 	drop         bool   // the last forward's dropout
 	key          uint64
+
+	// DoRA (devpass_dora.go): the magnitude's slab offset and device views
+	// of m and dm, and the module's n and m/n.
+	dora                bool
+	magOff              int
+	mag, dmag, norm, mn uint64
 }
 
 // LoRAPass is the device-resident training pass of a model with a LoRA
@@ -380,11 +404,12 @@ type LoRAPass struct {
 
 	// Device weights: per layer base projections (fp32 or bf16), biases
 	// and norms (fp32), the embedding table (fp32, or bf16 as stored) and the LM head.
-	lw               [][nMod]uint64
+	lw               [][nMod]devW
 	lbias            [][nMod]uint64
 	inNorm, postNorm []uint64
 	qNorm, kNorm     []uint64
-	embed, lmHead    uint64
+	embed            uint64
+	lmHead           devW
 	embedBF16        bool // embed is the BF16 table as stored (embedding_fwd_bf16)
 	norm             uint64
 	owned            []dbuf // pass-owned allocations (the slab, F32 weights)
@@ -409,6 +434,10 @@ type LoRAPass struct {
 	logits         uint64
 	losses, sums   uint64 // float64 [maxT]; float64 [normBlocks+2]: norm partials, loss sum, norm sum
 	xb, db         uint64 // bf16 GEMM operand scratch
+	doraY          uint64 // DoRA: [T,maxOut] u·Bᵀ, then mn·g
+	doraBase       uint64 // DoRA: [T,maxOut] x·Wᵀ, then (mn−1)·g
+	normTile, sB   uint64 // DoRA: [normRows,maxIn] W + s·B·A, [normRows,maxR] s·B
+	normsDirty     bool   // DoRA: the parameters changed since n and m/n were computed
 	uBase          uint64
 	su, g, xd, dx  uint64
 	P, G, M, Vm    uint64
@@ -434,10 +463,10 @@ type LoRAPass struct {
 // NewLoRADevicePass is NewLoRAPass for callers that must not import this
 // package (package train checks for it with an interface; kernels/cuda's
 // tests import train): it returns a *LoRAPass, or nil and no error when
-// the backend runs LoRA through its per-op path (TUNE_CUDA_PASS=host), the
-// adapter uses DoRA, or the pass trains the base weights (opts.Full).
+// the backend runs LoRA through its per-op path (TUNE_CUDA_PASS=host) or
+// the pass trains the base weights (opts.Full).
 func (b *Backend) NewLoRADevicePass(m *model.Model, a *lora.Adapter, maxT int, opts model.TrainOptions) (any, error) {
-	if !b.devPass || a.DoRA() || opts.Full {
+	if !b.devPass || opts.Full {
 		return nil, nil
 	}
 	p, err := b.NewLoRAPass(m, a, PassOptions{MaxT: maxT, Checkpointing: opts.Checkpointing, LossChunk: opts.LossChunk})
@@ -457,9 +486,6 @@ func (b *Backend) NewLoRADevicePass(m *model.Model, a *lora.Adapter, maxT int, o
 func (b *Backend) NewLoRAPass(m *model.Model, a *lora.Adapter, opts PassOptions) (p *LoRAPass, err error) {
 	if m.Backend() != kernels.Backend(b) {
 		return nil, fmt.Errorf("cuda: device pass: the model runs on backend %s, not this cuda backend", m.Backend().Name())
-	}
-	if a.DoRA() {
-		return nil, fmt.Errorf("cuda: device pass: DoRA adapters: %w", errUnsupported)
 	}
 	cfg := m.Config
 	if opts.MaxT <= 0 {
@@ -493,17 +519,18 @@ func (b *Backend) NewLoRAPass(m *model.Model, a *lora.Adapter, opts PassOptions)
 	p = &LoRAPass{b: b, dec: dec, ad: a, dropP: a.Config().Dropout, hostSync: true}
 	p.dims = passDims{C: cfg.Hidden, I: cfg.Intermediate, V: cfg.Vocab, NH: cfg.Heads, KVH: cfg.KVHeads, HD: cfg.HeadDim,
 		L: cfg.Layers, qkNorm: cfg.QKNorm, T: opts.MaxT, LC: min(opts.LossChunk, opts.MaxT), ckpt: opts.Checkpointing,
-		bf16: b.bf16, nParams: len(a.Params()), drop: p.dropP > 0}
+		bf16: b.bf16, nParams: len(a.Params()), drop: p.dropP > 0, dora: a.DoRA(), tcAttn: tcAttention(cfg.HeadDim, b.bf16)}
 	if err := p.planModules(); err != nil {
 		return nil, err
 	}
 	defer b.enter()()
+	pass := p // a failing return sets p to nil before this runs
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("cuda: device pass: %v", r)
 		}
 		if err != nil {
-			p.release()
+			pass.release()
 			p = nil
 		}
 	}()
@@ -529,12 +556,18 @@ func (b *Backend) NewLoRAPass(m *model.Model, a *lora.Adapter, opts PassOptions)
 		off += uint64(opts.MaxT*md.r) * 4
 		md.a, md.b = p.P+uint64(md.a)*4, p.P+uint64(md.b)*4
 		md.da, md.db = p.G+uint64(md.da)*4, p.G+uint64(md.db)*4
+		if md.dora {
+			if err := p.doraModule(md); err != nil {
+				return nil, err
+			}
+		}
 	}
 	cs, sn := ropeTables(cfg, opts.MaxT)
 	b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(p.tabCos, unsafe.Pointer(&cs[0]), uint64(len(cs))*4))
 	b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(p.tabSin, unsafe.Pointer(&sn[0]), uint64(len(sn))*4))
 	p.host = make([]int32, 5*opts.MaxT)
 	p.uploadParams()
+	p.doraInitMagnitudes()
 	return p, nil
 }
 
@@ -543,7 +576,7 @@ func (b *Backend) NewLoRAPass(m *model.Model, a *lora.Adapter, opts PassOptions)
 func (p *LoRAPass) planModules() error {
 	cfg := p.dec.cfg
 	p.by = make([][nMod]*devModule, cfg.Layers)
-	type ab struct{ a, b int }
+	type ab struct{ a, b, mag int }
 	offs := map[[2]int]*ab{}
 	for _, t := range p.ad.Tensors() {
 		m := moduleIdx(t.Module)
@@ -552,13 +585,15 @@ func (p *LoRAPass) planModules() error {
 		}
 		k := [2]int{t.Layer, m}
 		if offs[k] == nil {
-			offs[k] = &ab{-1, -1}
+			offs[k] = &ab{-1, -1, -1}
 		}
 		switch {
 		case strings.HasSuffix(t.Name, ".lora_A.weight"):
 			offs[k].a = t.Offset
 		case strings.HasSuffix(t.Name, ".lora_B.weight"):
 			offs[k].b = t.Offset
+		case strings.HasSuffix(t.Name, ".lora_magnitude_vector"):
+			offs[k].mag = t.Offset
 		default:
 			return fmt.Errorf("cuda: device pass: adapter tensor %s: %w", t.Name, errUnsupported)
 		}
@@ -575,14 +610,21 @@ func (p *LoRAPass) planModules() error {
 			if !ok || o.a < 0 || o.b < 0 {
 				return fmt.Errorf("cuda: device pass: layer %d %s: adapter lacks lora_A or lora_B", l, lora.Modules[m])
 			}
+			if err := checkDoRA(l, m, o.mag, p.ad.DoRA()); err != nil {
+				return err
+			}
 			md := devModule{layer: l, m: m, r: r, out: shape[m][0], in: shape[m][1], s: float32(s),
-				a: uint64(o.a), b: uint64(o.b), da: uint64(o.a), db: uint64(o.b)}
+				a: uint64(o.a), b: uint64(o.b), da: uint64(o.a), db: uint64(o.b), dora: p.ad.DoRA(), magOff: o.mag}
 			p.mods = append(p.mods, md)
 			p.dims.maxR = max(p.dims.maxR, r)
 			p.dims.maxIn = max(p.dims.maxIn, md.in)
 			p.dims.loraRows += r
+			if md.dora {
+				p.dims.maxOut = max(p.dims.maxOut, md.out)
+			}
 		}
 	}
+	p.dims.normRows = doraRows(p.dims.maxOut, p.dims.maxIn)
 	for i := range p.mods {
 		p.by[p.mods[i].layer][p.mods[i].m] = &p.mods[i]
 	}
@@ -623,38 +665,58 @@ func (p *LoRAPass) Close() {
 	p.release()
 }
 
+// devW is a frozen projection on the device: a dense matrix in the GEMM
+// dtype, or (q set) the raw blocks of a block-quantized one (QLoRA and GGUF
+// bases), expanded a tile of rows at a time inside the GEMMs (dequant.go).
+type devW struct {
+	ptr uint64
+	q   *kernels.Weight
+	f32 uint64 // an F32 weight's fp32 copy when ptr is its bf16 one (DoRA's norm reads it)
+}
+
 // baseWeight returns the device copy of a frozen projection in the GEMM
 // dtype: BF16/F16 checkpoint weights through the backend's cache (shared
 // with the per-op path), F32 ones uploaded into pass-owned memory (the
-// cache keeps large F32 weights only per call).
-func (p *LoRAPass) baseWeight(what string, w kernels.Weight, bf16 bool) (uint64, error) {
+// cache keeps large F32 weights only per call), block-quantized ones as
+// their raw blocks through the backend's block cache (or, with
+// TUNE_CUDA_DEQUANT=host, dequantized on the host and cached dense).
+func (p *LoRAPass) baseWeight(what string, w kernels.Weight, bf16 bool) (devW, error) {
 	b := p.b
 	if err := w.Check(); err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
+		return devW{}, fmt.Errorf("%s: %w", what, err)
 	}
 	if w.DType.Quantized() {
-		return 0, fmt.Errorf("cuda: device pass: %s: quantized base weights (%v): %w", what, w.DType, errUnsupported)
+		if !b.deviceDequant(w) {
+			ptr, err := b.weight(w, bf16)
+			return devW{ptr: ptr}, err
+		}
+		raw, err := b.qweight(w)
+		if err != nil {
+			return devW{}, fmt.Errorf("%s: %w", what, err)
+		}
+		return devW{ptr: raw, q: &w}, nil
 	}
 	if w.DType != kernels.F32 {
-		return b.weight(w, bf16)
+		ptr, err := b.weight(w, bf16)
+		return devW{ptr: ptr}, err
 	}
 	n := uint64(w.Rows) * uint64(w.Cols)
 	f, err := p.own(n * 4)
 	if err != nil {
-		return 0, err
+		return devW{}, err
 	}
 	if n > 0 {
 		b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(f, unsafe.Pointer(&w.Data[0]), n*4))
 	}
 	if !bf16 {
-		return f, nil
+		return devW{ptr: f}, nil
 	}
 	h, err := p.own(n * 2)
 	if err != nil {
-		return 0, err
+		return devW{}, err
 	}
 	b.launch("f32_to_bf16", blocks(int(n), ewThreads), ewThreads, h, f, int64(n))
-	return h, nil
+	return devW{ptr: h, f32: f}, nil
 }
 
 // vec uploads a host vector into pass-owned memory (0 for nil).
@@ -675,7 +737,7 @@ func (p *LoRAPass) vec(v []float32) (uint64, error) {
 func (p *LoRAPass) uploadWeights() error {
 	dec, bf16 := p.dec, p.b.bf16
 	L := len(dec.layers)
-	p.lw, p.lbias = make([][nMod]uint64, L), make([][nMod]uint64, L)
+	p.lw, p.lbias = make([][nMod]devW, L), make([][nMod]uint64, L)
 	p.inNorm, p.postNorm, p.qNorm, p.kNorm = make([]uint64, L), make([]uint64, L), make([]uint64, L), make([]uint64, L)
 	var err error
 	for l := range dec.layers {
@@ -700,18 +762,24 @@ func (p *LoRAPass) uploadWeights() error {
 	if p.norm, err = p.vec(dec.norm); err != nil {
 		return err
 	}
-	// The embedding kernels read an fp32 table, or a BF16 one as stored.
-	if dec.embed.DType.Quantized() {
-		return fmt.Errorf("cuda: device pass: embed_tokens: quantized (%v): %w", dec.embed.DType, errUnsupported)
-	}
-	switch dec.embed.DType {
-	case kernels.F32:
-		p.embed, err = p.baseWeight("embed_tokens", dec.embed, false)
-	case kernels.BF16:
-		p.embed, err = p.b.weight(dec.embed, true)
+	// The embedding kernels read an fp32 table, or a BF16 one as stored; a
+	// block-quantized table (GGUF token_embd) is expanded to fp32 once, on
+	// the device: the values the CPU's gather dequantizes, bit for bit.
+	switch e := dec.embed; {
+	case e.DType.Quantized() && p.b.deviceDequant(e):
+		p.embed, err = p.own(uint64(e.Rows) * uint64(e.Cols) * 4)
+		if err == nil {
+			err = p.b.dequantDense(p.embed, e)
+		}
+	case e.DType == kernels.F32:
+		var w devW
+		w, err = p.baseWeight("embed_tokens", e, false)
+		p.embed = w.ptr
+	case e.DType == kernels.BF16:
+		p.embed, err = p.b.weight(e, true)
 		p.embedBF16 = true
-	default:
-		p.embed, err = p.b.weight(dec.embed, false)
+	default: // F16, or quantized with TUNE_CUDA_DEQUANT=host: the cached fp32 copy
+		p.embed, err = p.b.weight(e, false)
 	}
 	if err != nil {
 		return fmt.Errorf("cuda: device pass: embed_tokens: %w", err)
@@ -740,6 +808,7 @@ func (p *LoRAPass) uploadParams() {
 		p.b.must("cuMemcpyHtoD", p.b.d.cuMemcpyHtoD(p.P, unsafe.Pointer(&host[0]), uint64(len(host))*4))
 	}
 	p.shadow = append(p.shadow[:0], host...)
+	p.normsDirty = p.dims.dora
 }
 
 // syncParams uploads the host parameters when they changed since the last
@@ -773,24 +842,32 @@ func (p *LoRAPass) ew(name string, n int, args ...any) {
 	p.b.launch(name, blocks(n, ewThreads), ewThreads, args...)
 }
 
-// baseGEMM: out[T,OC] = in[T,IC]·Wᵀ (beta 0) in the pass's GEMM dtype.
-func (p *LoRAPass) baseGEMM(op string, out, in, w uint64, T, OC, IC int, beta float32) {
+// baseGEMM: out[T,OC] = in[T,IC]·Wᵀ in the pass's GEMM dtype.
+func (p *LoRAPass) baseGEMM(op string, out, in uint64, w devW, T, OC, IC int) {
 	b, dt := p.b, int32(dtR32F)
 	if p.dims.bf16 {
 		b.launch("f32_to_bf16", blocks(T*IC, ewThreads), ewThreads, p.xb, in, int64(T*IC))
 		in, dt = p.xb, dtR16BF
 	}
-	b.gemm(op, opT, opN, OC, T, IC, w, IC, in, IC, beta, out, OC, dt)
+	if w.q != nil {
+		b.qForwardRaw(out, in, w.ptr, *w.q, T, dt)
+		return
+	}
+	b.gemm(op, opT, opN, OC, T, IC, w.ptr, IC, in, IC, 0, out, OC, dt)
 }
 
 // baseGEMMBack: din[T,IC] += dout[T,OC]·W.
-func (p *LoRAPass) baseGEMMBack(op string, din, dout, w uint64, T, OC, IC int) {
+func (p *LoRAPass) baseGEMMBack(op string, din, dout uint64, w devW, T, OC, IC int) {
 	b, dt := p.b, int32(dtR32F)
 	if p.dims.bf16 {
 		b.launch("f32_to_bf16", blocks(T*OC, ewThreads), ewThreads, p.db, dout, int64(T*OC))
 		dout, dt = p.db, dtR16BF
 	}
-	b.gemm(op, opN, opN, IC, T, OC, w, IC, dout, OC, 1, din, IC, dt)
+	if w.q != nil {
+		b.qDinRaw(din, dout, w.ptr, *w.q, T, dt)
+		return
+	}
+	b.gemm(op, opN, opN, IC, T, OC, w.ptr, IC, dout, OC, 1, din, IC, dt)
 }
 
 func (p *LoRAPass) dropout(md *devModule, train bool) (on bool, key, thresh uint64, scale float32) {
@@ -814,11 +891,15 @@ func splitmix64(x uint64) uint64 {
 func (p *LoRAPass) linear(l, m int, out, in uint64, T int) {
 	md := p.by[l][m]
 	OC, IC := p.outIn(m)
-	p.baseGEMM("device pass "+lora.Modules[m], out, in, p.lw[l][m], T, OC, IC, 0)
+	p.baseGEMM("device pass "+lora.Modules[m], out, in, p.lw[l][m], T, OC, IC)
 	if bias := p.lbias[l][m]; bias != 0 {
 		p.ew("bias_add", T*OC, out, bias, T, OC)
 	}
-	if md != nil {
+	switch {
+	case md == nil:
+	case md.dora:
+		p.doraForward(l, md, out, in, T)
+	default:
 		p.loraForward(md, out, in, T, true)
 	}
 }
@@ -861,7 +942,11 @@ func (p *LoRAPass) loraForward(md *devModule, out, in uint64, T int, add bool) {
 func (p *LoRAPass) linearBackward(l, m int, din, dout, in uint64, T int) {
 	OC, IC := p.outIn(m)
 	p.baseGEMMBack("device pass "+lora.Modules[m]+" backward", din, dout, p.lw[l][m], T, OC, IC)
-	if md := p.by[l][m]; md != nil {
+	switch md := p.by[l][m]; {
+	case md == nil:
+	case md.dora:
+		p.doraBackward(l, md, din, dout, in, T)
+	default:
 		p.loraBackward(md, din, dout, in, T)
 	}
 }
@@ -925,9 +1010,13 @@ func (p *LoRAPass) layerForward(l, T int, recompute bool) {
 	}
 	p.ropeOp(a.q, T, NH, 1)
 	p.ropeOp(a.k, T, KVH, 1)
-	scale := float32(1 / math.Sqrt(float64(HD)))
-	p.b.launch("attention_fwd", blocks(T*NH, attnWarps), attnWarps*32, a.att, a.q, a.k, a.v, p.segStart(), 0, T, NH, KVH, HD,
-		p.dec.layers[l].window, scale)
+	if d.tcAttn {
+		p.b.attnFwdTC(a.att, p.attnLSE(l), a.q, a.k, a.v, p.segStart(), T, NH, KVH, HD, p.dec.layers[l].window)
+	} else {
+		scale := float32(1 / math.Sqrt(float64(HD)))
+		p.b.launch("attention_fwd", blocks(T*NH, attnWarps), attnWarps*32, a.att, a.q, a.k, a.v, p.segStart(), 0, T, NH, KVH, HD,
+			p.dec.layers[l].window, scale)
+	}
 	p.linear(l, mO, p.proj, a.att, T)
 	p.ew("add_fwd", T*C, a.xm, a.x, p.proj, int64(T*C))
 	p.rmsnorm(p.xn, a.xm, p.postNorm[l], T, C)
@@ -943,6 +1032,16 @@ func (p *LoRAPass) layerForward(l, T int, recompute bool) {
 	}
 	p.linear(l, mDown, p.proj, p.h, T)
 	p.ew("add_fwd", T*C, p.xs[l+1], a.xm, p.proj, int64(T*C))
+}
+
+// attnLSE is where layer l's tensor-core attention keeps its log-sum-exp
+// for the backward: per layer, or (checkpointing: the forward is recomputed
+// just before the backward) the shared scratch.
+func (p *LoRAPass) attnLSE(l int) uint64 {
+	if p.dims.ckpt {
+		return p.lse
+	}
+	return p.la[l].lse
 }
 
 // layerBackward is model/backward.go's layerBackward on the device: on
@@ -971,10 +1070,14 @@ func (p *LoRAPass) layerBackward(l, T int) {
 	p.linearBackward(l, mO, p.datt, p.dres, a.att, T)
 	scale := float32(1 / math.Sqrt(float64(HD)))
 	win := p.dec.layers[l].window
-	p.b.launch("attention_bwd_q", blocks(T*NH, attnWarps), attnWarps*32, p.dq, p.lse, p.dsum, p.datt, a.q, a.k, a.v, p.segStart(),
-		T, NH, KVH, HD, win, scale)
-	p.b.launch("attention_bwd_kv", blocks(T*KVH, attnWarps), attnWarps*32, p.dk, p.dv, p.lse, p.dsum, p.datt, a.q, a.k, a.v,
-		p.segStart(), T, NH, KVH, HD, win, scale)
+	if d.tcAttn {
+		p.b.attnBwdTC(p.dq, p.dk, p.dv, p.attnLSE(l), p.dsum, p.datt, a.att, a.q, a.k, a.v, p.segStart(), T, NH, KVH, HD, win)
+	} else {
+		p.b.launch("attention_bwd_q", blocks(T*NH, attnWarps), attnWarps*32, p.dq, p.lse, p.dsum, p.datt, a.q, a.k, a.v, p.segStart(),
+			T, NH, KVH, HD, win, scale)
+		p.b.launch("attention_bwd_kv", blocks(T*KVH, attnWarps), attnWarps*32, p.dk, p.dv, p.lse, p.dsum, p.datt, a.q, a.k, a.v,
+			p.segStart(), T, NH, KVH, HD, win, scale)
+	}
 	p.ropeOp(p.dq, T, NH, -1)
 	p.ropeOp(p.dk, T, KVH, -1)
 	if d.qkNorm {
@@ -1075,6 +1178,9 @@ func (p *LoRAPass) forward(op string, tokens, positions, segIDs, labels []int32,
 	defer b.enter()()
 	defer catch(op, &err)
 	p.syncParams()
+	if p.normsDirty {
+		p.doraNorms()
+	}
 	b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(p.ints, unsafe.Pointer(&p.host[0]), uint64(len(p.host))*4))
 	p.T, p.n, p.train = T, n, train
 	d := p.dims
@@ -1107,7 +1213,7 @@ func (p *LoRAPass) lossForward(T, n int, train bool) float64 {
 		r := min(LC, n-j0)
 		j := uint64(j0) * 4
 		b.launch("gather_rows", r, rowThreads, p.lossH, p.hidden, p.scored()+j, r, C)
-		p.baseGEMM("device pass lm_head", p.logits, p.lossH, p.lmHead, r, V, C, 0)
+		p.baseGEMM("device pass lm_head", p.logits, p.lossH, p.lmHead, r, V, C)
 		b.launch("nll_fwd", r, rowThreads, p.losses+uint64(j0)*8, p.logits, p.targets()+j, r, V)
 		if !train {
 			continue
@@ -1198,6 +1304,7 @@ func (p *LoRAPass) Step(lr, maxNorm, beta1, beta2, eps, weightDecay float64) (no
 	bc1 := 1 - math.Pow(beta1, float64(p.optStep))
 	bc2sqrt := float32(math.Sqrt(1 - math.Pow(beta2, float64(p.optStep))))
 	p.ew("adamw", N, p.P, p.G, p.M, p.Vm, decay, b1, b2, a1, a2, bc2sqrt, float32(-lr/bc1), float32(eps), int64(N))
+	p.normsDirty = p.dims.dora
 	return norm, nil
 }
 

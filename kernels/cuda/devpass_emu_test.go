@@ -5,11 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 	"unsafe"
 )
 
@@ -24,13 +20,6 @@ import (
 // kernels the pass uses are the per-op backend's (TestOps* on a GPU, the
 // emulator's torch check by hand).
 func TestDevicePassKernelsEmulated(t *testing.T) {
-	gxx, err := exec.LookPath("g++")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no g++: the emulated device-pass kernel check needs g++ (C++20); .ci/run installs it")
-		}
-		t.Skip("no g++: the emulated device-pass kernel check needs g++ (C++20)")
-	}
 	r := rand.New(rand.NewPCG(11, 12))
 	const rows, W, n = 10, 7, 4
 	gIn := randn(r, rows*W, 1)
@@ -51,25 +40,7 @@ func TestDevicePassKernelsEmulated(t *testing.T) {
 	for _, v := range []any{gIn, idx, scX, s, sv, sq, dIn, key, th, dscale, din} {
 		binary.Write(&buf, le, v)
 	}
-	dir := t.TempDir()
-	cases, outPath, bin := filepath.Join(dir, "cases.bin"), filepath.Join(dir, "out.bin"), filepath.Join(dir, "devpass_check")
-	if err := os.WriteFile(cases, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, _ := filepath.Abs(filepath.Join("..", "..", "scripts", "gpu", "emulate", "devpass_check.cpp"))
-	t0 := time.Now()
-	if out, err := exec.Command(gxx, "-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-w", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("g++: %v\n%s", err, out)
-	}
-	t1 := time.Now()
-	if out, err := exec.Command(bin, cases, outPath).CombinedOutput(); err != nil {
-		t.Fatalf("devpass_check: %v\n%s", err, out)
-	}
-	t.Logf("compile %.1f s, run %.1f s", t1.Sub(t0).Seconds(), time.Since(t1).Seconds())
-	raw, err := os.ReadFile(outPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := runEmulated(t, "devpass_check", "1", buf.Bytes())
 	rd := bytes.NewReader(raw)
 	emu := struct {
 		Gather  [n * W]float32

@@ -89,7 +89,7 @@ type passCfg struct {
 	bf16    bool
 }
 
-var passCfgs = []passCfg{{false, 0, false}, {true, 0, false}, {false, 0.25, false}, {true, 0.25, false}, {false, 0, true}}
+var passCfgs = []passCfg{{false, 0, false}, {true, 0, false}, {false, 0.25, false}, {true, 0.25, false}, {false, 0, true}, {true, 0, true}}
 
 func TestDevicePass(t *testing.T) {
 	for _, name := range tinyModels {
@@ -111,15 +111,23 @@ func TestDevicePass(t *testing.T) {
 // the device pass on g, and compares the losses and every LoRA grad; it
 // returns the largest grad error and where.
 func comparePass(t *testing.T, g *Backend, name string, c passCfg) (float64, string) {
+	return comparePassModels(t, g, loadOn(t, name, cpu.New(1)), loadOn(t, name, g), c)
+}
+
+// comparePassModels is comparePass on a model mc on the CPU backend and the
+// same model mg loaded on g.
+func comparePassModels(t *testing.T, g *Backend, mc, mg *model.Model, c passCfg) (float64, string) {
+	return comparePassAdapters(t, g, mc, mg, newAdapter(t, mc.Config, c.dropout), newAdapter(t, mg.Config, c.dropout), c)
+}
+
+// comparePassAdapters is comparePassModels with the adapters given (equal
+// ones: adc for the CPU, adg for g).
+func comparePassAdapters(t *testing.T, g *Backend, mc, mg *model.Model, adc, adg *lora.Adapter, c passCfg) (float64, string) {
 	const maxT, T, LC = 16, 13, 4
-	mc := loadOn(t, name, cpu.New(1))
-	adc := newAdapter(t, mc.Config, c.dropout)
 	pc, err := mc.NewPass(maxT, model.TrainOptions{Adapter: adc, Checkpointing: c.ckpt, LossChunk: LC})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mg := loadOn(t, name, g)
-	adg := newAdapter(t, mg.Config, c.dropout)
 	pg, err := g.NewLoRAPass(mg, adg, PassOptions{MaxT: maxT, Checkpointing: c.ckpt, LossChunk: LC})
 	if err != nil {
 		t.Fatal(err)
@@ -195,16 +203,27 @@ func sum(m map[string]int) int {
 // int32 inputs up and the loss down per micro-batch, the grad norm down per
 // step, nothing else.
 func TestDevicePassStep(t *testing.T) {
+	devicePassSteps(t, func(mc *model.Config) *lora.Adapter { return newAdapter(t, mc, 0.1) })
+}
+
+// TestDevicePassDoRAStep is TestDevicePassStep with a DoRA adapter: after
+// each device step the norms and m/n follow the new A, B and m (a pass
+// that kept the first step's norms fails the next step's loss).
+func TestDevicePassDoRAStep(t *testing.T) {
+	devicePassSteps(t, func(mc *model.Config) *lora.Adapter { return newDoRA(t, mc, 0.1, false) })
+}
+
+func devicePassSteps(t *testing.T, mk func(*model.Config) *lora.Adapter) {
 	const maxT, T, name = 16, 14, "qwen3-tied"
 	mc := loadOn(t, name, cpu.New(1))
-	adc := newAdapter(t, mc.Config, 0.1)
+	adc := mk(mc.Config)
 	pc, err := mc.NewPass(maxT, model.TrainOptions{Adapter: adc, Checkpointing: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	fb, fake := newFake(t, false)
 	mg := loadOn(t, name, fb)
-	adg := newAdapter(t, mg.Config, 0.1)
+	adg := mk(mg.Config)
 	pg, err := fb.NewLoRAPass(mg, adg, PassOptions{MaxT: maxT, Checkpointing: true})
 	if err != nil {
 		t.Fatal(err)
@@ -373,9 +392,10 @@ func TestDevicePassTrainer(t *testing.T) {
 	}
 }
 
-// TestDevicePassFallback: where the device pass does not apply (DoRA,
-// full fine-tuning, TUNE_CUDA_PASS=host) NewLoRADevicePass returns nil and
-// train.NewLoRA trains through the per-op path.
+// TestDevicePassFallback: where the device pass does not apply (full
+// fine-tuning, TUNE_CUDA_PASS=host) NewLoRADevicePass returns nil and
+// train.NewLoRA trains through the per-op path; LoRA and DoRA adapters
+// take the pass.
 func TestDevicePassFallback(t *testing.T) {
 	fb, _ := newFake(t, false)
 	mg := loadOn(t, "qwen3-tied", fb)
@@ -392,7 +412,7 @@ func TestDevicePassFallback(t *testing.T) {
 		want    bool
 	}{
 		{"lora", plain, model.TrainOptions{}, true, true},
-		{"dora", dora, model.TrainOptions{}, true, false},
+		{"dora", dora, model.TrainOptions{}, true, true},
 		{"full", plain, model.TrainOptions{Full: true}, true, false},
 		{"TUNE_CUDA_PASS=host", plain, model.TrainOptions{}, false, false},
 	} {
@@ -409,7 +429,7 @@ func TestDevicePassFallback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := c.devPass && c.ad != dora; run.OnDevice() != want {
+		if want := c.devPass; run.OnDevice() != want {
 			t.Errorf("%s: train.NewLoRA on the device: %v", c.name, run.OnDevice())
 		}
 		run.Close()

@@ -43,6 +43,8 @@ func newDry(t *testing.T) *Backend {
 			dryDtoH += n
 			return 0
 		},
+		cuMemcpyDtoD: func(uint64, uint64, uint64) int32 { return 0 },
+		cuMemsetD8:   func(uint64, uint8, uint64) int32 { return 0 },
 		cuLaunchKernel: func(fn uintptr, gx, gy, gz, bx, by, bz, smem uint32, stream uintptr, params, extra unsafe.Pointer) int32 {
 			dryLaunches[kernelNames[fn-1]]++
 			if gx == 0 || bx == 0 || bx > 1024 || bx%32 != 0 {

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/kernels/cpu"
 	"github.com/tunellm/tune/model/safetensors"
 )
@@ -341,9 +343,131 @@ func (f *fakeDev) launch(name string, grid int) {
 				out[i] += y
 			}
 		}
+	case "kld_rows":
+		N, V := n(4), n(5)
+		st, tg := f.f64(p(0), 4*N), f.ints(p(3), N)
+		lb, lq := f.f32(p(1), N*V), f.f32(p(2), N*V)
+		for r := range N {
+			b, q := lb[r*V:(r+1)*V], lq[r*V:(r+1)*V]
+			lseb, ib := fakeLSE(b)
+			lseq, iq := fakeLSE(q)
+			var kl float64
+			for c := range V {
+				pb := float64(b[c]) - lseb
+				if pb > math.Inf(-1) {
+					kl += math.Exp(pb) * (pb - (float64(q[c]) - lseq))
+				}
+			}
+			st[4*r], st[4*r+1], st[4*r+2], st[4*r+3] = -(float64(q[tg[r]]) - lseq), -(float64(b[tg[r]]) - lseb), kl, 0
+			if ib == iq {
+				st[4*r+3] = 1
+			}
+		}
+	case "dora_row_norm":
+		rows, C := n(2), n(3)
+		out, in := f.f32(p(0), rows), f.f32(p(1), rows*C)
+		for r := range rows {
+			out[r] = doraRowNorm(in[r*C : (r+1)*C])
+		}
+	case "dora_mn":
+		N := n(3)
+		mn, mag, norm := f.f32(p(0), N), f.f32(p(1), N), f.f32(p(2), N)
+		for j := range mn {
+			mn[j] = mag[j] / norm[j]
+		}
+	case "dora_fwd":
+		T, OC := n(6), n(7)
+		out, y, mn := f.f32(p(0), T*OC), f.f32(p(2), T*OC), f.f32(p(3), OC)
+		var base, bias []float32
+		if p(1) != 0 {
+			base = f.f32(p(1), T*OC)
+		}
+		if p(4) != 0 {
+			bias = f.f32(p(4), OC)
+		}
+		s := fl(5)
+		for i := range out {
+			j := i % OC
+			var bv float32
+			switch {
+			case base != nil:
+				bv = base[i]
+			case bias != nil:
+				bv = out[i] - bias[j]
+			default:
+				bv = out[i]
+			}
+			m := mn[j]
+			out[i] += (m-1)*bv + m*y[i]*s
+		}
+	case "dora_dmag":
+		T, OC := n(6), n(7)
+		dmag, g, base, y, norm, s := f.f32(p(0), OC), f.f32(p(1), T*OC), f.f32(p(2), T*OC), f.f32(p(3), T*OC), f.f32(p(4), OC), fl(5)
+		for j := range OC {
+			var acc float32
+			for t := range T {
+				i := t*OC + j
+				acc += g[i] * (base[i] + y[i]*s)
+			}
+			dmag[j] += acc / norm[j]
+		}
+	case "dora_colscale":
+		N, OC := n64(4), n(5)
+		dst, g, mn, minus1 := f.f32(p(0), N), f.f32(p(1), N), f.f32(p(2), OC), n(3)
+		for i := range dst {
+			m := mn[i%OC]
+			if minus1 != 0 {
+				m = m - 1
+			}
+			dst[i] = m * g[i]
+		}
 	default:
+		if fakeAttnTC(f, name, a) {
+			return
+		}
+		if strings.HasPrefix(name, "dequant_") {
+			f.dequant(name, a)
+			return
+		}
 		panic("fake device: kernel " + name + " is not emulated")
 	}
+}
+
+// dequant runs a dequant_* kernel (dst, src, n, bf16 flag[, block
+// elements]) with kernels/qblock's dequantizer of its dtype: the kernels
+// equal qblock bit for bit (TestDequantEmulated), so the fake device
+// computes what the CUDA C does.
+func (f *fakeDev) dequant(name string, a []uint64) {
+	e := 0
+	if len(a) == 5 {
+		e = int(int32(uint32(a[4])))
+	}
+	var dt kernels.DType
+	found := false
+	for _, d := range quantDTypes() {
+		if k, ke := dequantKernelOf(d); k == name && ke == e {
+			dt, found = d, true
+			break
+		}
+	}
+	if !found {
+		panic(fmt.Sprintf("fake device: %s with block %d: no dtype", name, e))
+	}
+	n := int(int64(a[2]))
+	be, bb, _ := dt.Block()
+	if n%be != 0 {
+		panic(fmt.Sprintf("fake device: %s: %d elements, not whole %d-element blocks", name, n, be))
+	}
+	x := make([]float32, n)
+	dt.Format().Dequantize(x, f.bytes(a[1], uint64(n/be*bb)))
+	if int32(uint32(a[3])) != 0 {
+		out := f.u16(a[0], n)
+		for i, v := range x {
+			out[i] = f32ToBF16(v)
+		}
+		return
+	}
+	copy(f.f32(a[0], n), x)
 }
 
 // gemmEx computes C = alpha·op(A)·op(B) + beta·C in cuBLAS's column-major
@@ -405,4 +529,40 @@ func (f *fakeDev) gemmEx(h uintptr, ta, tb int32, m, n, k int32, alpha unsafe.Po
 		}
 	}
 	return 0
+}
+
+// doraRowNorm is dora_row_norm's arithmetic for one row: lane l of a warp
+// sums the squares of x[l], x[l+32], ... in float64, then the lanes are
+// combined by the xor butterfly (offsets 16, 8, 4, 2, 1), lane 0's sum.
+func doraRowNorm(x []float32) float32 {
+	var lane [32]float64
+	for c, v := range x {
+		d := float64(v)
+		lane[c%32] += d * d
+	}
+	for o := 16; o > 0; o >>= 1 {
+		var next [32]float64
+		for l := range lane {
+			next[l] = lane[l] + lane[l^o]
+		}
+		lane = next
+	}
+	return float32(math.Sqrt(lane[0]))
+}
+
+// fakeLSE is kld_rows's log-sum-exp of a row (max first, float64 sum, in
+// column order) and its argmax, lowest column on ties.
+func fakeLSE(x []float32) (float64, int) {
+	im := 0
+	for c, v := range x {
+		if v > x[im] {
+			im = c
+		}
+	}
+	mx := float64(x[im])
+	var s float64
+	for _, v := range x {
+		s += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(s), im
 }

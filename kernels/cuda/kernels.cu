@@ -796,3 +796,460 @@ extern "C" __global__ void lora_dropout_add(float* din, const float* dx, unsigne
     bool keep = splitmix64(key + (unsigned long long)i * 0x9e3779b97f4a7c15ull) >= thresh;
     din[i] += keep ? dx[i] * scale : 0.f;
 }
+
+// ---- tensor-core attention (bf16 wmma) ---------------------------------------------
+// FA2-style attention for the device pass's bf16 GEMM mode (kernels/cuda/attn_tc.go
+// decides when). Same arguments, layouts and masks as attention_fwd /
+// attention_bwd_q / attention_bwd_kv above (packed form: segStart[t] is the first row
+// of t's document, or NULL for one document); the matrix products run on tensor cores
+// with nvcuda::wmma bf16 m16n16k16 tiles and fp32 accumulation:
+// q, k, v, dout (and P, dS) are rounded to bf16, everything else is fp32.
+//
+// A block is TC_WARPS warps; each warp owns 16 rows (queries for fwd and dq, keys for
+// dkv) and keeps them as wmma fragments in registers: its operand rows (bf16) and its
+// accumulators (fp32). The other side streams through shared memory in tiles of
+// TC_BN rows. Fragment elements are never indexed (their layout is opaque): a score
+// tile is stored to shared memory (store_matrix_sync), the per-row softmax work is
+// done there by the warp's lanes (lane l: row l/2, half the columns), and the result
+// goes back through load_matrix_sync. Tiles wholly outside every row's [key_lo(t), t]
+// are skipped, per block and per warp: that is most of a causal, packed or windowed
+// pass. The skips assume key_lo(t) nondecreasing in t (packed documents in order).
+//
+// Forward softmax: online, with a lazy running max: the rows' max m is only raised
+// (and O, l rescaled through shared memory) when a tile's max exceeds it by more than
+// TC_RESCALE, so P = exp(s - m) <= e^8 stays far from overflow and the rescale is
+// rare; l and O use the same m, so the result is exact either way.
+//
+// HD a multiple of 16, at most 128 (the HD-dependent loops are unrolled for
+// buckets 32, 64, 128 so fragments stay in registers; one entry point per kernel
+// so its register count is the 128 bucket's). Static shared memory under 48 KB.
+
+#ifndef TUNE_EMULATE
+#include <cuda_bf16.h>
+#include <mma.h>
+#endif
+using namespace nvcuda;
+
+#define TC_WARPS 4
+#define TC_BM (TC_WARPS * 16)  // rows a block owns
+#define TC_BN 32               // rows of a streamed tile
+#define TC_LDS (TC_BN + 4)     // fp32 score tile row stride
+#define TC_LDP (TC_BN + 8)     // bf16 P / dS tile row stride
+#define TC_MAXLD (128 + 8)     // bf16 operand row stride at HD 128 (HD + 8: keeps wmma's 32-byte alignment)
+#define TC_RESCALE 8.f
+
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> tc_a;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> tc_b;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> tc_bt;  // Xᵀ of a row-major X
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> tc_acc;
+
+// tc_load converts rows [r0, r0+n) of a [T, stride] fp32 matrix, columns [col,
+// col+HD), to bf16 rows of dst (row stride ld); rows >= T become zeros (a zero K/V
+// row times P = 0 stays 0; garbage could be NaN). All threads of the block.
+__device__ __forceinline__ void tc_load(__nv_bfloat16* dst, int ld, const float* src, long long stride, int col, int r0, int n, int T,
+                                        int HD) {
+    int per = HD / 4;
+    // stride, col and d are multiples of 4 (HD % 16 == 0): float4 loads when src is
+    // 16-byte aligned (cuMemAlloc's and the device pass's buffers are).
+    bool vec = ((unsigned long long)src & 15) == 0;
+    for (int i = threadIdx.x; i < n * per; i += blockDim.x) {
+        int r = i / per, d = (i % per) * 4;
+        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+        if (r0 + r < T) {
+            const float* s = src + (long long)(r0 + r) * stride + col + d;
+            if (vec) {
+                float4 x = *(const float4*)s;
+                x0 = x.x;
+                x1 = x.y;
+                x2 = x.z;
+                x3 = x.w;
+            } else {
+                x0 = s[0];
+                x1 = s[1];
+                x2 = s[2];
+                x3 = s[3];
+            }
+        }
+        __nv_bfloat16* o = dst + r * ld + d;
+        o[0] = __float2bfloat16(x0);
+        o[1] = __float2bfloat16(x1);
+        o[2] = __float2bfloat16(x2);
+        o[3] = __float2bfloat16(x3);
+    }
+}
+
+// tc_own loads the warp's 16 rows [r0 + 16w, +16) of src as NF matrix_a fragments,
+// staging through buf (all threads of the block; 64 rows of ld fit in buf).
+template <int NF>
+__device__ __forceinline__ void tc_own(tc_a* fr, __nv_bfloat16* buf, int ld, const float* src, long long stride, int col, int r0, int T,
+                                       int HD) {
+    __syncthreads();
+    tc_load(buf, ld, src, stride, col, r0, TC_BM, T, HD);
+    __syncthreads();
+    int w = threadIdx.x / WARP;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        if (f < HD / 16) wmma::load_matrix_sync(fr[f], buf + w * 16 * ld + f * 16, ld);
+}
+
+// tc_accumulate: acc[f] += P·X[:, 16f..16f+15] for f < nf: P is the warp's
+// 16 x TC_BN bf16 rows in shared memory (leading dimension TC_LDP), X a
+// TC_BN-row bf16 tile (leading dimension ld). O += P·V in the forward, dq +=
+// dS·K, dv += Pᵀ·dout and dk += dSᵀ·Q in the backward.
+template <int NF>
+__device__ __forceinline__ void tc_accumulate(tc_acc (&acc)[NF], int nf, const __nv_bfloat16* P, const __nv_bfloat16* X, int ld) {
+    tc_a pf[TC_BN / 16];
+#pragma unroll
+    for (int kb = 0; kb < TC_BN / 16; kb++) wmma::load_matrix_sync(pf[kb], P + kb * 16, TC_LDP);
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        if (f < nf) {
+#pragma unroll
+            for (int kb = 0; kb < TC_BN / 16; kb++) {
+                tc_b xb;
+                wmma::load_matrix_sync(xb, X + kb * 16 * ld + f * 16, ld);
+                wmma::mma_sync(acc[f], pf[kb], xb, acc[f]);
+            }
+        }
+}
+
+// tc_two_products: the backward's two score-like products of a warp's 16
+// rows against a TC_BN-row tile: for each 16-column block nb,
+// S[:, nb] = A·Xᵀ and D[:, nb] = B·Yᵀ (A, B: the warp's operand fragments
+// over nf 16-column chunks; X, Y: TC_BN rows of bf16 in shared memory,
+// leading dimension ld), stored row-major into Sw and DPw (ld TC_LDS).
+template <int NF>
+__device__ __forceinline__ void tc_two_products(const tc_a (&A)[NF], const tc_a (&B)[NF], int nf, const __nv_bfloat16* X,
+                                                const __nv_bfloat16* Y, int ld, float* Sw, float* DPw) {
+#pragma unroll
+    for (int nb = 0; nb < TC_BN / 16; nb++) {
+        tc_acc s, dp;
+        wmma::fill_fragment(s, 0.f);
+        wmma::fill_fragment(dp, 0.f);
+#pragma unroll
+        for (int f = 0; f < NF; f++)
+            if (f < nf) {
+                tc_bt b;
+                wmma::load_matrix_sync(b, X + nb * 16 * ld + f * 16, ld);
+                wmma::mma_sync(s, A[f], b, s);
+                wmma::load_matrix_sync(b, Y + nb * 16 * ld + f * 16, ld);
+                wmma::mma_sync(dp, B[f], b, dp);
+            }
+        wmma::store_matrix_sync(Sw + nb * 16, s, TC_LDS, wmma::mem_row_major);
+        wmma::store_matrix_sync(DPw + nb * 16, dp, TC_LDS, wmma::mem_row_major);
+    }
+}
+
+// tc_write stores acc (the warp's 16 rows) times mul to rows r0.. of dst (stride,
+// column col), rows < T; scratch is the warp's 16 x TC_LDS floats.
+__device__ __forceinline__ void tc_write(float* dst, long long stride, int col, int r0, int T, const tc_acc& acc, float* scratch,
+                                         float mul) {
+    int lane = threadIdx.x % WARP, r = lane >> 1, c0 = (lane & 1) * 8;
+    __syncwarp();
+    wmma::store_matrix_sync(scratch, acc, TC_LDS, wmma::mem_row_major);
+    __syncwarp();
+    if (r0 + r < T)
+        for (int c = 0; c < 8; c++) dst[(long long)(r0 + r) * stride + col + c0 + c] = scratch[r * TC_LDS + c0 + c] * mul;
+    __syncwarp();
+}
+
+// A streamed tile [k0, k0+TC_BN) matters to the warp's rows [w0, wlast] iff it
+// meets [key_lo(w0), wlast] (key_lo nondecreasing).
+__device__ __forceinline__ bool tc_meets(int k0, int w0lo, int wlast) { return k0 <= wlast && k0 + TC_BN - 1 >= w0lo; }
+
+template <int NF>
+__device__ void attn_fwd_tc(unsigned char* sm, float* out, float* lse, const float* q, const float* k, const float* v, const int* segStart,
+                            int T, int NH, int KVH, int HD, int window, float scale) {
+    int nqt = (T + TC_BM - 1) / TC_BM;
+    int qt = nqt - 1 - (int)(blockIdx.x / NH), h = blockIdx.x % NH;  // longest rows first
+    int g = h / (NH / KVH), ld = HD + 8, nf = HD / 16;
+    long long qs = (long long)NH * HD, ks = (long long)KVH * HD;
+    __nv_bfloat16* Ks = (__nv_bfloat16*)sm;
+    __nv_bfloat16* Vs = Ks + TC_BN * ld;
+    float* S = (float*)(sm + 2 * TC_BN * TC_MAXLD * 2);
+    __nv_bfloat16* P = (__nv_bfloat16*)(S + TC_WARPS * 16 * TC_LDS);
+    float* corrs = (float*)(P + TC_WARPS * 16 * TC_LDP);
+    int w = threadIdx.x / WARP, lane = threadIdx.x % WARP, r = lane >> 1, half = lane & 1;
+    int t0 = qt * TC_BM, w0 = t0 + w * 16, tr = w0 + r;
+    float* Sw = S + w * 16 * TC_LDS;
+    __nv_bfloat16* Pw = P + w * 16 * TC_LDP;
+    float* corrw = corrs + w * 16;
+    bool warpOK = w0 < T, rowOK = tr < T;
+    int wlast = min(w0 + 15, T - 1), wlo = warpOK ? key_lo(segStart, w0, w0, window) : 0;
+    int lo = rowOK ? key_lo(segStart, tr, tr, window) : 0;
+
+    tc_a qf[NF];
+    tc_acc of[NF];
+    tc_own<NF>(qf, Ks, ld, q, qs, h * HD, t0, T, HD);
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.f);
+    float m = -INFINITY, l = 0.f;
+    int blast = min(t0 + TC_BM - 1, T - 1);
+    for (int k0 = key_lo(segStart, t0, t0, window) / TC_BN * TC_BN; k0 <= blast; k0 += TC_BN) {
+        __syncthreads();
+        tc_load(Ks, ld, k, ks, g * HD, k0, TC_BN, T, HD);
+        tc_load(Vs, ld, v, ks, g * HD, k0, TC_BN, T, HD);
+        __syncthreads();
+        if (!warpOK || !tc_meets(k0, wlo, wlast)) continue;
+        // S = Q Kᵀ
+#pragma unroll
+        for (int nb = 0; nb < TC_BN / 16; nb++) {
+            tc_acc s;
+            wmma::fill_fragment(s, 0.f);
+#pragma unroll
+            for (int f = 0; f < NF; f++)
+                if (f < nf) {
+                    tc_bt kb;
+                    wmma::load_matrix_sync(kb, Ks + nb * 16 * ld + f * 16, ld);
+                    wmma::mma_sync(s, qf[f], kb, s);
+                }
+            wmma::store_matrix_sync(Sw + nb * 16, s, TC_LDS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        // Online softmax of row r, columns [half*16, +16).
+        float sv[TC_BN / 2], mx = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < TC_BN / 2; c++) {
+            int col = half * (TC_BN / 2) + c, s = k0 + col;
+            bool vis = rowOK && s >= lo && s <= tr;
+            sv[c] = vis ? Sw[r * TC_LDS + col] * scale : -INFINITY;
+            mx = fmaxf(mx, sv[c]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        float corr = 1.f;
+        bool resc = false;
+        if (mx > m + TC_RESCALE) {  // also m = -inf, mx finite: O and l are still 0
+            corr = expf(m - mx);
+            resc = m != -INFINITY;
+            m = mx;
+        }
+        float ps = 0.f;
+#pragma unroll
+        for (int c = 0; c < TC_BN / 2; c++) {
+            float p = sv[c] == -INFINITY ? 0.f : expf(sv[c] - m);
+            ps += p;
+            Pw[r * TC_LDP + half * (TC_BN / 2) + c] = __float2bfloat16(p);
+        }
+        ps += __shfl_xor_sync(0xffffffff, ps, 1);
+        l = l * corr + ps;
+        if (half == 0) corrw[r] = corr;
+        bool any = __any_sync(0xffffffff, resc);
+        __syncwarp();
+        if (any) {  // O *= corr per row, through shared memory (Sw is free now)
+#pragma unroll
+            for (int f = 0; f < NF; f++)
+                if (f < nf) {
+                    wmma::store_matrix_sync(Sw, of[f], TC_LDS, wmma::mem_row_major);
+                    __syncwarp();
+                    for (int c = 0; c < 8; c++) Sw[r * TC_LDS + half * 8 + c] *= corrw[r];
+                    __syncwarp();
+                    wmma::load_matrix_sync(of[f], Sw, TC_LDS, wmma::mem_row_major);
+                    __syncwarp();
+                }
+        }
+        // O += P V
+        tc_accumulate<NF>(of, nf, Pw, Vs, ld);
+        __syncwarp();
+    }
+    if (!warpOK) return;  // no block-wide barrier follows
+    // Each lane's l is its row's (both lanes of a row hold it); tc_write's lane
+    // mapping is the same (row lane/2).
+    float inv = rowOK ? 1.f / l : 0.f;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        if (f < nf) tc_write(out, qs, h * HD + f * 16, w0, T, of[f], Sw, inv);
+    if (lse && rowOK && half == 0) lse[(long long)tr * NH + h] = m + logf(l);
+}
+
+#define TC_FWD_SMEM (2 * TC_BN * TC_MAXLD * 2 + TC_WARPS * 16 * TC_LDS * 4 + TC_WARPS * 16 * TC_LDP * 2 + TC_WARPS * 16 * 4)
+
+// grid ceil(T/64)*NH, block 128. lse may be NULL.
+extern "C" __global__ void attention_fwd_tc(float* out, float* lse, const float* q, const float* k, const float* v, const int* segStart,
+                                            int T, int NH, int KVH, int HD, int window, float scale) {
+    __shared__ __align__(128) unsigned char sm[TC_FWD_SMEM];
+    if (HD <= 32) attn_fwd_tc<2>(sm, out, lse, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else if (HD <= 64) attn_fwd_tc<4>(sm, out, lse, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else attn_fwd_tc<8>(sm, out, lse, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+}
+
+// dsum[i] = sum_d dout[i,d] * out[i,d] (FA2's D) for rows i < rows; a warp per row,
+// grid ceil(rows/4), block 128.
+extern "C" __global__ void attention_bwd_tc_pre(float* dsum, const float* dout, const float* out, int rows, int HD) {
+    int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (row >= rows) return;
+    const float* a = dout + (long long)row * HD;
+    const float* b = out + (long long)row * HD;
+    float s = 0.f;
+    for (int d = lane; d < HD; d += WARP) s += a[d] * b[d];
+    s = warp_sum(s);
+    if (lane == 0) dsum[row] = s;
+}
+
+template <int NF>
+__device__ void attn_bwd_tc_dq(unsigned char* sm, float* dq, const float* lse, const float* dsum, const float* dout, const float* q,
+                               const float* k, const float* v, const int* segStart, int T, int NH, int KVH, int HD, int window,
+                               float scale) {
+    int nqt = (T + TC_BM - 1) / TC_BM;
+    int qt = nqt - 1 - (int)(blockIdx.x / NH), h = blockIdx.x % NH;
+    int g = h / (NH / KVH), ld = HD + 8, nf = HD / 16;
+    long long qs = (long long)NH * HD, ks = (long long)KVH * HD;
+    __nv_bfloat16* Ks = (__nv_bfloat16*)sm;
+    __nv_bfloat16* Vs = Ks + TC_BN * ld;
+    float* S = (float*)(sm + 2 * TC_BN * TC_MAXLD * 2);
+    float* DP = S + TC_WARPS * 16 * TC_LDS;
+    __nv_bfloat16* P = (__nv_bfloat16*)(DP + TC_WARPS * 16 * TC_LDS);
+    int w = threadIdx.x / WARP, lane = threadIdx.x % WARP, r = lane >> 1, half = lane & 1;
+    int t0 = qt * TC_BM, w0 = t0 + w * 16, tr = w0 + r;
+    float* Sw = S + w * 16 * TC_LDS;
+    float* DPw = DP + w * 16 * TC_LDS;
+    __nv_bfloat16* Pw = P + w * 16 * TC_LDP;
+    bool warpOK = w0 < T, rowOK = tr < T;
+    int wlast = min(w0 + 15, T - 1), wlo = warpOK ? key_lo(segStart, w0, w0, window) : 0;
+    int lo = rowOK ? key_lo(segStart, tr, tr, window) : 0;
+    float L = rowOK ? lse[(long long)tr * NH + h] : 0.f, D = rowOK ? dsum[(long long)tr * NH + h] : 0.f;
+
+    tc_a qf[NF], df[NF];
+    tc_acc acc[NF];
+    tc_own<NF>(qf, Ks, ld, q, qs, h * HD, t0, T, HD);
+    tc_own<NF>(df, Ks, ld, dout, qs, h * HD, t0, T, HD);
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(acc[f], 0.f);
+    int blast = min(t0 + TC_BM - 1, T - 1);
+    for (int k0 = key_lo(segStart, t0, t0, window) / TC_BN * TC_BN; k0 <= blast; k0 += TC_BN) {
+        __syncthreads();
+        tc_load(Ks, ld, k, ks, g * HD, k0, TC_BN, T, HD);
+        tc_load(Vs, ld, v, ks, g * HD, k0, TC_BN, T, HD);
+        __syncthreads();
+        if (!warpOK || !tc_meets(k0, wlo, wlast)) continue;
+        // S = Q Kᵀ, dP = dout Vᵀ
+        tc_two_products<NF>(qf, df, nf, Ks, Vs, ld, Sw, DPw);
+        __syncwarp();
+        // dS = P (dP - D), P = exp(s*scale - lse)
+#pragma unroll
+        for (int c = 0; c < TC_BN / 2; c++) {
+            int col = half * (TC_BN / 2) + c, s = k0 + col;
+            bool vis = rowOK && s >= lo && s <= tr;
+            float p = vis ? expf(Sw[r * TC_LDS + col] * scale - L) : 0.f;
+            Pw[r * TC_LDP + col] = __float2bfloat16(p * (DPw[r * TC_LDS + col] - D));
+        }
+        __syncwarp();
+        // dq += dS K
+        tc_accumulate<NF>(acc, nf, Pw, Ks, ld);
+        __syncwarp();
+    }
+    if (!warpOK) return;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        if (f < nf) tc_write(dq, qs, h * HD + f * 16, w0, T, acc[f], Sw, scale);
+}
+
+#define TC_DQ_SMEM (2 * TC_BN * TC_MAXLD * 2 + 2 * TC_WARPS * 16 * TC_LDS * 4 + TC_WARPS * 16 * TC_LDP * 2)
+
+// grid ceil(T/64)*NH, block 128; lse from attention_fwd_tc, dsum from _pre.
+extern "C" __global__ void attention_bwd_tc_dq(float* dq, const float* lse, const float* dsum, const float* dout, const float* q,
+                                               const float* k, const float* v, const int* segStart, int T, int NH, int KVH, int HD,
+                                               int window, float scale) {
+    __shared__ __align__(128) unsigned char sm[TC_DQ_SMEM];
+    if (HD <= 32) attn_bwd_tc_dq<2>(sm, dq, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else if (HD <= 64) attn_bwd_tc_dq<4>(sm, dq, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else attn_bwd_tc_dq<8>(sm, dq, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+}
+
+// dkv: a block per (64 keys, kv head g); each warp owns 16 keys (their k and v rows
+// as fragments, their dk and dv accumulators) and streams the query tiles that see
+// them, for every query head of the group: Sᵀ = K Qᵀ, dPᵀ = V doutᵀ, then
+// dv += Pᵀ dout, dk += dSᵀ Q.
+template <int NF>
+__device__ void attn_bwd_tc_dkv(unsigned char* sm, float* dk, float* dv, const float* lse, const float* dsum, const float* dout,
+                                const float* q, const float* k, const float* v, const int* segStart, int T, int NH, int KVH, int HD,
+                                int window, float scale) {
+    int kt = blockIdx.x / KVH, g = blockIdx.x % KVH, grp = NH / KVH;  // earliest keys (most queries) first
+    int ld = HD + 8, nf = HD / 16;
+    long long qs = (long long)NH * HD, ks = (long long)KVH * HD;
+    __nv_bfloat16* Qs = (__nv_bfloat16*)sm;
+    __nv_bfloat16* Os = Qs + TC_BN * ld;
+    float* S = (float*)(sm + 2 * TC_BN * TC_MAXLD * 2);
+    float* DP = S + TC_WARPS * 16 * TC_LDS;
+    __nv_bfloat16* P = (__nv_bfloat16*)(DP + TC_WARPS * 16 * TC_LDS);
+    __nv_bfloat16* DS = P + TC_WARPS * 16 * TC_LDP;
+    float* qlse = (float*)(DS + TC_WARPS * 16 * TC_LDP);
+    float* qD = qlse + TC_BN;
+    int* qlo = (int*)(qD + TC_BN);
+    int w = threadIdx.x / WARP, lane = threadIdx.x % WARP, r = lane >> 1, half = lane & 1;
+    int s0 = kt * TC_BM, w0 = s0 + w * 16, sr = w0 + r;
+    float* Sw = S + w * 16 * TC_LDS;
+    float* DPw = DP + w * 16 * TC_LDS;
+    __nv_bfloat16* Pw = P + w * 16 * TC_LDP;
+    __nv_bfloat16* DSw = DS + w * 16 * TC_LDP;
+    bool warpOK = w0 < T, rowOK = sr < T;
+    int wlast = min(w0 + 15, T - 1), blast = min(s0 + TC_BM - 1, T - 1);
+
+    tc_a kf[NF], vf[NF];
+    tc_acc dkf[NF], dvf[NF];
+    tc_own<NF>(kf, Qs, ld, k, ks, g * HD, s0, T, HD);
+    tc_own<NF>(vf, Qs, ld, v, ks, g * HD, s0, T, HD);
+#pragma unroll
+    for (int f = 0; f < NF; f++) {
+        wmma::fill_fragment(dkf[f], 0.f);
+        wmma::fill_fragment(dvf[f], 0.f);
+    }
+    for (int h = g * grp; h < (g + 1) * grp; h++) {
+        for (int q0 = s0 / TC_BN * TC_BN; q0 < T; q0 += TC_BN) {
+            // Queries from q0 on see none of the block's keys: past the window, or
+            // (key_lo nondecreasing) in a later document.
+            if (window > 0 && q0 > blast + window - 1) break;
+            if (key_lo(segStart, q0, q0, window) > blast) break;
+            __syncthreads();
+            tc_load(Qs, ld, q, qs, h * HD, q0, TC_BN, T, HD);
+            tc_load(Os, ld, dout, qs, h * HD, q0, TC_BN, T, HD);
+            for (int j = threadIdx.x; j < TC_BN; j += blockDim.x) {
+                int t = q0 + j;
+                bool ok = t < T;
+                qlse[j] = ok ? lse[(long long)t * NH + h] : 0.f;
+                qD[j] = ok ? dsum[(long long)t * NH + h] : 0.f;
+                qlo[j] = ok ? key_lo(segStart, t, t, window) : T;  // T: sees no key
+            }
+            __syncthreads();
+            if (!warpOK || q0 + TC_BN - 1 < w0 || qlo[0] > wlast) continue;
+            // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ (16 keys x TC_BN queries)
+            tc_two_products<NF>(kf, vf, nf, Qs, Os, ld, Sw, DPw);
+            __syncwarp();
+#pragma unroll
+            for (int c = 0; c < TC_BN / 2; c++) {
+                int col = half * (TC_BN / 2) + c, t = q0 + col;
+                bool vis = rowOK && t < T && t >= sr && qlo[col] <= sr;
+                float p = vis ? expf(Sw[r * TC_LDS + col] * scale - qlse[col]) : 0.f;
+                Pw[r * TC_LDP + col] = __float2bfloat16(p);
+                DSw[r * TC_LDP + col] = __float2bfloat16(p * (DPw[r * TC_LDS + col] - qD[col]));
+            }
+            __syncwarp();
+            // dv += Pᵀ dout, dk += dSᵀ Q
+            tc_accumulate<NF>(dvf, nf, Pw, Os, ld);
+            tc_accumulate<NF>(dkf, nf, DSw, Qs, ld);
+            __syncwarp();
+        }
+    }
+    if (!warpOK) return;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        if (f < nf) {
+            tc_write(dk, ks, g * HD + f * 16, w0, T, dkf[f], Sw, scale);
+            tc_write(dv, ks, g * HD + f * 16, w0, T, dvf[f], Sw, 1.f);
+        }
+}
+
+#define TC_DKV_SMEM \
+    (2 * TC_BN * TC_MAXLD * 2 + 2 * TC_WARPS * 16 * TC_LDS * 4 + 2 * TC_WARPS * 16 * TC_LDP * 2 + 3 * TC_BN * 4)
+
+// grid ceil(T/64)*KVH, block 128.
+extern "C" __global__ void attention_bwd_tc_dkv(float* dk, float* dv, const float* lse, const float* dsum, const float* dout,
+                                                const float* q, const float* k, const float* v, const int* segStart, int T, int NH,
+                                                int KVH, int HD, int window, float scale) {
+    __shared__ __align__(128) unsigned char sm[TC_DKV_SMEM];
+    if (HD <= 32) attn_bwd_tc_dkv<2>(sm, dk, dv, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else if (HD <= 64) attn_bwd_tc_dkv<4>(sm, dk, dv, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+    else attn_bwd_tc_dkv<8>(sm, dk, dv, lse, dsum, dout, q, k, v, segStart, T, NH, KVH, HD, window, scale);
+}
+
+#include "dora.cu"
+#include "kld.cu"

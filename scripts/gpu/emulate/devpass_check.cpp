@@ -19,40 +19,14 @@
 #include "emu.h"
 #include "../../../kernels/cuda/kernels.cu"
 
-#include <cstdio>
-#include <fstream>
-#include <iterator>
-#include <stdexcept>
-#include <vector>
-
-struct reader {
-    std::vector<unsigned char> b;
-    size_t at = 0;
-    template <class T>
-    std::vector<T> get(size_t n) {
-        if (at + n * sizeof(T) > b.size()) throw std::runtime_error("short cases file");
-        std::vector<T> v(n);
-        std::memcpy(v.data(), &b[at], n * sizeof(T));
-        at += n * sizeof(T);
-        return v;
-    }
-    template <class T>
-    T one() { return get<T>(1)[0]; }
-};
-
-template <class T>
-static void put(std::ofstream& o, const std::vector<T>& v) {
-    o.write((const char*)v.data(), v.size() * sizeof(T));
-}
+#include "emu_io.h"
 
 int main(int argc, char** argv) {
     if (argc != 3) {
         std::fprintf(stderr, "usage: devpass_check CASES OUT\n");
         return 2;
     }
-    std::ifstream in(argv[1], std::ios::binary);
-    reader r{std::vector<unsigned char>(std::istreambuf_iterator<char>(in), {})};
-    if (r.get<char>(4) != std::vector<char>{'D', 'P', '1', '\n'}) throw std::runtime_error("not a DP1 cases file");
+    reader r = open_cases(argv[1], "DP1\n");
     const int rows = 10, W = 7, n = 4;
     auto g_in = r.get<float>(rows * W);
     auto idx = r.get<int>(n);

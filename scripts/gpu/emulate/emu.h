@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct emu_dim3 {
@@ -59,6 +60,9 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&f, &u, 4);
     return f;
 }
+struct float4 {
+    float x, y, z, w;
+};
 struct __half {
     unsigned short bits;
 };
@@ -98,3 +102,100 @@ void emu_launch(unsigned grid, unsigned block, F body) {
         });
     for (auto& x : th) x.join();
 }
+
+// ---- warp votes, bf16 and nvcuda::wmma (for the tensor-core attention) -------------
+
+#define __align__(n) __attribute__((aligned(n)))
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+inline void __syncwarp(unsigned = 0xffffffff) { (*emu_warps)[threadIdx.x / 32].bar->arrive_and_wait(); }
+
+inline bool __any_sync(unsigned, bool p) {
+    emu_warp& w = (*emu_warps)[threadIdx.x / 32];
+    int lane = threadIdx.x % 32, n = (int)std::min(32u, blockDim.x - threadIdx.x / 32 * 32);
+    w.bar->arrive_and_wait();
+    w.slot[lane] = p;
+    w.bar->arrive_and_wait();
+    bool any = false;
+    for (int i = 0; i < n; i++) any = any || w.slot[i];
+    return any;
+}
+
+// __nv_bfloat16: the bits; conversion from float rounds to nearest even (NaN
+// stays NaN), as cuda_bf16.h's __float2bfloat16.
+struct __nv_bfloat16 {
+    unsigned short bits;
+};
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(unsigned short)((u >> 16) | 0x40)};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __nv_bfloat16{(unsigned short)(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((unsigned)h.bits << 16); }
+
+// nvcuda::wmma, m16n16k16 only. The real fragment layout across a warp's lanes is
+// opaque; the API is collective and every lane of the warp sees the same matrix.
+// So here each thread's fragment holds the whole 16x16 tile (x[i*16+j] = element
+// (i, j), whatever the layout), load/mma/store run per thread (all lanes store the
+// same values), and nothing synchronizes: a kernel must __syncwarp between lanes'
+// shared-memory writes and a fragment load, as on the device. mma_sync
+// accumulates a*b (products of bf16 are exact in float) in float, k ascending.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "emu.h: wmma m16n16k16 only");
+    float x[256];
+};
+
+template <class Use, class T, class L>
+void fill_fragment(fragment<Use, 16, 16, 16, T, L>& a, float v) {
+    for (float& e : a.x) e = v;
+}
+
+inline float emu_elem(const __nv_bfloat16& h) { return __bfloat162float(h); }
+inline float emu_elem(const float& f) { return f; }
+
+// Operand fragments: element (i, j) at p[i*ldm + j] (row_major) or p[i + j*ldm].
+template <class Use, class T, class L>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& a, const T* p, unsigned ldm) {
+    static_assert(!std::is_same_v<Use, accumulator>, "emu.h: an accumulator load needs a layout");
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) a.x[i * 16 + j] = emu_elem(std::is_same_v<L, row_major> ? p[i * ldm + j] : p[i + j * ldm]);
+}
+
+template <class T>
+void load_matrix_sync(fragment<accumulator, 16, 16, 16, T, void>& a, const float* p, unsigned ldm, layout_t l) {
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) a.x[i * 16 + j] = l == mem_row_major ? p[i * ldm + j] : p[i + j * ldm];
+}
+
+template <class T>
+void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, T, void>& a, unsigned ldm, layout_t l) {
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) (l == mem_row_major ? p[i * ldm + j] : p[i + j * ldm]) = a.x[i * 16 + j];
+}
+
+template <class TA, class LA, class TB, class LB, class TC>
+void mma_sync(fragment<accumulator, 16, 16, 16, TC, void>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, TC, void>& c) {
+    float r[256];
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            float s = c.x[i * 16 + j];
+            for (int k = 0; k < 16; k++) s += a.x[i * 16 + k] * b.x[k * 16 + j];
+            r[i * 16 + j] = s;
+        }
+    std::memcpy(d.x, r, sizeof r);
+}
+}  // namespace wmma
+}  // namespace nvcuda
