@@ -264,3 +264,23 @@ func BenchmarkTCPAllReduce(b *testing.B) {
 		each(comms, func(c Comm) error { return c.AllReduceF32(bufs[c.Rank()]) })
 	}
 }
+
+// TestWorldDevice: the device communicator's opener is registered and
+// unregistered process-wide (cmd/tune sets it, train reads it).
+func TestWorldDevice(t *testing.T) {
+	if WorldDevice() != nil {
+		t.Fatal("an opener before any was set")
+	}
+	called := false
+	SetWorldDevice(func(boot Comm) (DeviceComm, error) { called = true; return nil, nil })
+	defer SetWorldDevice(nil)
+	if open := WorldDevice(); open == nil {
+		t.Fatal("no opener after SetWorldDevice")
+	} else if _, err := open(nil); err != nil || !called {
+		t.Fatalf("the opener returned %v, called %v", err, called)
+	}
+	SetWorldDevice(nil)
+	if WorldDevice() != nil {
+		t.Fatal("an opener after SetWorldDevice(nil)")
+	}
+}

@@ -64,6 +64,45 @@ type DeviceOptimizer interface {
 	LoadFromHost(opt *AdamW) error
 }
 
+// DeviceGradReducer is implemented by Params whose gradients live in device
+// memory and can be summed there across ranks (a LoRA on a device pass): a
+// data-parallel trainer with a device communicator (NCCL, see
+// Trainer.OpenDevice) then keeps the optimizer on the device as one process
+// does (DeviceOptimizer), and calls AllReduceGrads once per step, after the
+// backwards and before StepDevice, instead of summing the host grad slabs.
+type DeviceGradReducer interface {
+	DeviceOptimizer
+	// DeviceGrads reports whether the gradients are on the device and
+	// AllReduceGrads can sum them (false: the host path; for a LoRA, when
+	// the backend trains it op by op, as with TUNE_CUDA_PASS=host).
+	DeviceGrads() bool
+	// AllReduceGrads replaces the device gradients by their sum over the
+	// ranks with sum (dist.DeviceComm.AllReduceF32: device addresses,
+	// float32 count, CUDA stream).
+	AllReduceGrads(sum func(send, recv uint64, count int, stream uint64) error) error
+}
+
+// deviceReducer is a device pass that sums its gradients across ranks in
+// device memory (kernels/cuda's LoRAPass.AllReduceGrads).
+type deviceReducer interface {
+	AllReduceGrads(sum func(send, recv uint64, count int, stream uint64) error) error
+}
+
+// DeviceGrads implements DeviceGradReducer.
+func (l *LoRA) DeviceGrads() bool {
+	_, ok := l.dev.(deviceReducer)
+	return ok
+}
+
+// AllReduceGrads implements DeviceGradReducer.
+func (l *LoRA) AllReduceGrads(sum func(send, recv uint64, count int, stream uint64) error) error {
+	r, ok := l.dev.(deviceReducer)
+	if !ok {
+		return fmt.Errorf("train: AllReduceGrads: the gradients are not on a device that sums them")
+	}
+	return r.AllReduceGrads(sum)
+}
+
 // newDevicePass asks m's backend for a device pass (nil when it has none).
 func newDevicePass(m *model.Model, a *lora.Adapter, maxT int, opts model.TrainOptions) (devicePass, error) {
 	dp, ok := m.Backend().(devicePasser)
@@ -145,4 +184,4 @@ func (l *LoRA) Close() {
 	}
 }
 
-var _ DeviceOptimizer = (*LoRA)(nil)
+var _ DeviceGradReducer = (*LoRA)(nil)

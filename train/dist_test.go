@@ -31,6 +31,8 @@ type rankSetup struct {
 	cfg   func(c *Config)
 	model func(rank int, m *fakeModel, c dist.Comm) Model
 	ctx   context.Context
+	// trainer, when set, adjusts each rank's Trainer (Params, OpenDevice).
+	trainer func(rank int, tr *Trainer)
 }
 
 type rankResult struct {
@@ -76,7 +78,11 @@ func runRanks(t *testing.T, W int, dir string, s rankSetup) []rankResult {
 			if s.ctx != nil && r == 0 {
 				ctx = s.ctx
 			}
-			res, err := (&Trainer{Cfg: cfg, Model: model, Params: p, Data: d, Comm: c}).Run(ctx)
+			tr := &Trainer{Cfg: cfg, Model: model, Params: p, Data: d, Comm: c}
+			if s.trainer != nil {
+				s.trainer(r, tr)
+			}
+			res, err := tr.Run(ctx)
 			var ie *InterruptedError
 			if err != nil && !errors.As(err, &ie) {
 				c.Abort(1)
@@ -453,4 +459,269 @@ func mpiRun(t testing.TB) string {
 		t.Skip("no mpirun (apt-get install openmpi-bin libopenmpi-dev)")
 	}
 	return p
+}
+
+// devParams are fakeParams whose "device" is the host slabs: the device
+// optimizer (DeviceOptimizer) runs the host's GradNorm, ClipGrads and
+// AdamW on them, and AllReduceGrads hands sum the rank's grad slab by a
+// fake device address (devHub maps it back).
+type devParams struct {
+	*fakeParams
+	rank     int
+	onDevice bool // DeviceGrads
+	opt      *AdamW
+	reduces  int // AllReduceGrads calls
+	enabled  bool
+}
+
+func devAddr(rank int) uint64 { return uint64(rank+1) << 32 }
+
+func (d *devParams) DeviceGrads() bool { return d.onDevice }
+func (d *devParams) EnableDeviceOptimizer() bool {
+	d.enabled = d.onDevice
+	return d.onDevice
+}
+func (d *devParams) StepDevice(lr, maxNorm float64, c AdamWConfig) (float64, error) {
+	norm := GradNorm(d.g)
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return norm, nil
+	}
+	ClipGrads(norm, maxNorm, d.g)
+	d.opt.Update(lr, [][]float32{d.w}, [][]float32{d.g})
+	return norm, nil
+}
+func (d *devParams) SyncToHost(opt *AdamW) error {
+	copy(opt.M, d.opt.M)
+	copy(opt.V, d.opt.V)
+	opt.Step = d.opt.Step
+	return nil
+}
+func (d *devParams) LoadFromHost(opt *AdamW) error {
+	d.opt = &AdamW{Cfg: opt.Cfg, Step: opt.Step, M: append([]float32(nil), opt.M...), V: append([]float32(nil), opt.V...)}
+	return nil
+}
+func (d *devParams) AllReduceGrads(sum func(send, recv uint64, count int, stream uint64) error) error {
+	d.reduces++
+	return sum(devAddr(d.rank), devAddr(d.rank), len(d.g), 0)
+}
+
+var _ DeviceGradReducer = (*devParams)(nil)
+
+// devHub is NCCL for devParams: every rank posts its slab, the last adds
+// them in rank order (as the TCP transport does) into every rank's.
+type devHub struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	W, gen   int
+	slabs    map[int][]float32
+	opened   []int
+	closed   []string // "close" or "abort", per rank
+	failOpen error
+}
+
+func newDevHub(W int) *devHub {
+	h := &devHub{W: W, slabs: map[int][]float32{}, opened: make([]int, W), closed: make([]string, W)}
+	h.cond = sync.NewCond(&h.mu)
+	return h
+}
+
+type hubRank struct {
+	h    *devHub
+	rank int
+	p    *devParams
+}
+
+func (h *devHub) opener(rank int, p *devParams) dist.DeviceOpener {
+	return func(boot dist.Comm) (dist.DeviceComm, error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.opened[rank]++
+		if boot.Rank() != rank || boot.Size() != h.W {
+			return nil, fmt.Errorf("bootstrap group rank %d of %d, want %d of %d", boot.Rank(), boot.Size(), rank, h.W)
+		}
+		if h.failOpen != nil && rank == 1 {
+			return nil, h.failOpen
+		}
+		return &hubRank{h: h, rank: rank, p: p}, nil
+	}
+}
+
+func (r *hubRank) AllReduceF32(send, recv uint64, count int, stream uint64) error {
+	h := r.h
+	if send != devAddr(r.rank) || recv != send || count != len(r.p.g) || stream != 0 {
+		return fmt.Errorf("rank %d: all-reduce(%#x, %#x, %d, %d): not its grad slab in place", r.rank, send, recv, count, stream)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	gen := h.gen
+	h.slabs[r.rank] = r.p.g
+	if len(h.slabs) < h.W {
+		for gen == h.gen {
+			h.cond.Wait()
+		}
+		return nil
+	}
+	sum := make([]float32, count)
+	for q := range h.W {
+		for i, x := range h.slabs[q] {
+			sum[i] += x
+		}
+	}
+	for _, g := range h.slabs {
+		copy(g, sum)
+	}
+	h.slabs = map[int][]float32{}
+	h.gen++
+	h.cond.Broadcast()
+	return nil
+}
+func (r *hubRank) Close() error {
+	r.h.mu.Lock()
+	r.h.closed[r.rank] = "close"
+	r.h.mu.Unlock()
+	return nil
+}
+func (r *hubRank) Abort() { r.h.mu.Lock(); r.h.closed[r.rank] = "abort"; r.h.mu.Unlock() }
+
+// countComm counts the host gradient all-reduces (float32: the trainer's
+// only AllReduceF32 use).
+type countComm struct {
+	dist.Comm
+	f32 int
+}
+
+func (c *countComm) AllReduceF32(b []float32) error {
+	c.f32++
+	return c.Comm.AllReduceF32(b)
+}
+
+// TestDataParallelDeviceSum: with a device communicator, ranks whose
+// gradients are on the device sum them there (once per step, never over
+// the host Comm), run the optimizer on the device, and end with the host
+// path's adapter and losses bit for bit (same sums in the same order);
+// checkpoints and the saved adapter see the device's state.
+func TestDataParallelDeviceSum(t *testing.T) {
+	host := t.TempDir()
+	runRanks(t, 2, host, rankSetup{})
+	dir := t.TempDir()
+	hub := newDevHub(2)
+	dps := make([]*devParams, 2)
+	comms := make([]*countComm, 2)
+	var logs [2][]string
+	rs := runRanks(t, 2, dir, rankSetup{trainer: func(r int, tr *Trainer) {
+		dps[r] = &devParams{fakeParams: tr.Params.(*fakeParams), rank: r, onDevice: true}
+		comms[r] = &countComm{Comm: tr.Comm}
+		tr.Params, tr.Comm, tr.OpenDevice = dps[r], comms[r], hub.opener(r, dps[r])
+		tr.Log = func(f string, a ...any) { logs[r] = append(logs[r], fmt.Sprintf(f, a...)) }
+	}})
+	for r, x := range rs {
+		if x.err != nil {
+			t.Fatalf("rank %d: %v", r, x.err)
+		}
+		d := dps[r]
+		if hub.opened[r] != 1 || hub.closed[r] != "close" || !d.enabled || d.reduces != x.res.Steps || comms[r].f32 != 0 {
+			t.Fatalf("rank %d: opened %d, %q; device optimizer %v; %d device all-reduces in %d steps; %d host float32 all-reduces",
+				r, hub.opened[r], hub.closed[r], d.enabled, d.reduces, x.res.Steps, comms[r].f32)
+		}
+	}
+	for _, l := range logs[0] {
+		if strings.HasPrefix(l, "notice:") {
+			t.Errorf("notice on the device path: %s", l)
+		}
+	}
+	if got, want := readW(t, dir), readW(t, host); !equal32(got, want) {
+		t.Errorf("adapter %v, the host sum's %v", got, want)
+	}
+	gl, hl := stepLosses(t, dir), stepLosses(t, host)
+	for i := range hl {
+		if gl[i] != hl[i] {
+			t.Errorf("step %d loss %v, the host sum's %v", i+1, gl[i], hl[i])
+		}
+	}
+	cks, _ := Checkpoints(dir)
+	hcks, _ := Checkpoints(host)
+	if len(cks) == 0 || len(cks) != len(hcks) {
+		t.Fatalf("checkpoints %v, the host run's %v", cks, hcks)
+	}
+	for i := range cks {
+		a, _ := os.ReadFile(filepath.Join(cks[i], "optimizer.bin"))
+		b, _ := os.ReadFile(filepath.Join(hcks[i], "optimizer.bin"))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s: the optimizer state differs from the host run's", cks[i])
+		}
+	}
+}
+
+// TestDataParallelDeviceSumFallback: where a rank's gradients are not on
+// the device, every rank sums on the host (one notice, no error, no
+// device communicator opened); a device communicator that fails to open
+// is an error; an error after it opened aborts it.
+func TestDataParallelDeviceSumFallback(t *testing.T) {
+	host := t.TempDir()
+	runRanks(t, 2, host, rankSetup{})
+	want := readW(t, host)
+	for _, c := range []struct {
+		name     string
+		onDevice [2]bool
+		notice   string
+	}{
+		{"no rank on the device", [2]bool{false, false}, "NCCL needs the device-resident LoRA pass"},
+		{"rank 1 on the host", [2]bool{true, false}, "some ranks compute op by op"},
+	} {
+		dir := t.TempDir()
+		hub := newDevHub(2)
+		var logs []string
+		rs := runRanks(t, 2, dir, rankSetup{trainer: func(r int, tr *Trainer) {
+			d := &devParams{fakeParams: tr.Params.(*fakeParams), rank: r, onDevice: c.onDevice[r]}
+			tr.Params, tr.OpenDevice = d, hub.opener(r, d)
+			if r == 0 {
+				tr.Log = func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
+			}
+		}})
+		for r, x := range rs {
+			if x.err != nil || hub.opened[r] != 0 {
+				t.Fatalf("%s: rank %d: %v; device communicator opened %d times", c.name, r, x.err, hub.opened[r])
+			}
+		}
+		var notes []string
+		for _, l := range logs {
+			if strings.HasPrefix(l, "notice:") {
+				notes = append(notes, l)
+			}
+		}
+		if len(notes) != 1 || !strings.Contains(notes[0], c.notice) || !strings.Contains(notes[0], "summed on the host over tcp") {
+			t.Errorf("%s: notices %q, want one saying %q", c.name, notes, c.notice)
+		}
+		if got := readW(t, dir); !equal32(got, want) {
+			t.Errorf("%s: adapter %v, the host sum's %v", c.name, got, want)
+		}
+	}
+
+	// NCCL fails to open on rank 1.
+	hub := newDevHub(2)
+	hub.failOpen = errors.New("ncclCommInitRank: unhandled cuda error")
+	rs := runRanks(t, 2, t.TempDir(), rankSetup{trainer: func(r int, tr *Trainer) {
+		d := &devParams{fakeParams: tr.Params.(*fakeParams), rank: r, onDevice: true}
+		tr.Params, tr.OpenDevice = d, hub.opener(r, d)
+	}})
+	if err := rs[1].err; err == nil || !strings.Contains(err.Error(), "rank 1: opening the device communicator for the gradients: ncclCommInitRank: unhandled cuda error") {
+		t.Fatalf("rank 1: %v", err)
+	}
+
+	// Rank 1 dies in step 3: rank 0 aborts its device communicator.
+	hub = newDevHub(2)
+	rs = runRanks(t, 2, t.TempDir(), rankSetup{
+		model: func(rank int, m *fakeModel, c dist.Comm) Model {
+			if rank == 1 {
+				return &dyingModel{fakeModel: m, at: 5, c: c}
+			}
+			return m
+		},
+		trainer: func(r int, tr *Trainer) {
+			d := &devParams{fakeParams: tr.Params.(*fakeParams), rank: r, onDevice: true}
+			tr.Params, tr.OpenDevice = d, hub.opener(r, d)
+		}})
+	if rs[0].err == nil || hub.closed[0] != "abort" || hub.closed[1] != "abort" {
+		t.Fatalf("after rank 1 died: rank 0 %v; device communicators %q, want both aborted", rs[0].err, hub.closed)
+	}
 }

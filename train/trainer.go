@@ -165,8 +165,19 @@ type Trainer struct {
 	// PeakFLOPS is the device's (PeakFLOPS(backend)).
 	FLOPs     *FLOPCount
 	PeakFLOPS float64
+	// OpenDevice, in a data-parallel run, opens the communicator that sums
+	// gradients in device memory (NCCL, bootstrapped over the Comm). When
+	// every rank's Params keep their gradients on a device
+	// (DeviceGradReducer), the run sums them there with it and keeps the
+	// optimizer on the device, as one process does: a step moves no
+	// gradients or parameters over PCIe. Otherwise (nil, or a rank on the
+	// host path) the host Comm sums them, with a notice when OpenDevice was
+	// set. nil with a nil Comm takes dist.WorldDevice().
+	OpenDevice dist.DeviceOpener
 
-	comm     dist.Comm // resolved; nil for a single process
+	comm     dist.Comm         // resolved; nil for a single process
+	devComm  dist.DeviceComm   // open while the gradients are summed on the device
+	devRed   DeviceGradReducer // with devComm: the Params that sum their device gradients
 	opt      *AdamW
 	dev      DeviceOptimizer // the optimizer runs on the device holding the gradients (nil: on the host)
 	synced   int             // with dev: the step the host slabs hold (syncHost)
@@ -194,6 +205,24 @@ func (t *Trainer) logf(format string, args ...any) {
 // checkpoint is written and *InterruptedError returned), or the loss or
 // gradients stop being finite (no checkpoint of the bad state is written).
 func (t *Trainer) Run(ctx context.Context) (*Result, error) {
+	res, err := t.run(ctx)
+	if dc := t.devComm; dc != nil {
+		t.devComm, t.devRed = nil, nil
+		var ie *InterruptedError
+		if err == nil || errors.As(err, &ie) {
+			// Every rank got here together (the end, or a stop agreed at a
+			// step boundary).
+			if cerr := dc.Close(); cerr != nil && err == nil {
+				return nil, fmt.Errorf("train: closing the device communicator: %w", cerr)
+			}
+		} else {
+			dc.Abort() // a peer may be gone: do not wait for it
+		}
+	}
+	return res, err
+}
+
+func (t *Trainer) run(ctx context.Context) (*Result, error) {
 	c := t.Cfg
 	if c.BatchSize <= 0 || c.GradAccum <= 0 {
 		return nil, fmt.Errorf("train: batch_size %d and grad_accum %d must be positive", c.BatchSize, c.GradAccum)
@@ -228,9 +257,23 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	if t.comm != nil && t.comm.Size() == 1 {
 		t.comm = nil
 	}
+	open := t.OpenDevice
+	if open == nil && t.Comm == nil {
+		open = dist.WorldDevice()
+	}
+	red, _ := t.Params.(DeviceGradReducer)
+	onDevice := red != nil && red.DeviceGrads()
+	devSum := false
 	if t.comm != nil {
-		if err := t.checkGroup(nSeq, n); err != nil {
+		var err error
+		if devSum, err = t.checkGroup(nSeq, n, open != nil && onDevice); err != nil {
 			return nil, err
+		}
+		switch {
+		case open != nil && !onDevice:
+			t.logf("notice: gradients are summed on the host over %s, not on the GPUs: NCCL needs the device-resident LoRA pass, and this run trains op by op (TUNE_CUDA_PASS=host, full training, or an adapter or base the device pass does not take)", t.comm.Backend())
+		case open != nil && !devSum:
+			t.logf("notice: gradients are summed on the host over %s, not on the GPUs: some ranks compute op by op or have no NCCL (every rank must use the device-resident LoRA pass)", t.comm.Backend())
 		}
 	}
 	t.opt = NewAdamW(n, c.AdamW)
@@ -251,14 +294,28 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
+	// Data parallel with every rank's gradients on its GPU: the device
+	// communicator sums them there (opened by every rank, after the host
+	// group agreed).
+	if devSum {
+		dc, err := open(t.comm)
+		if err != nil {
+			return nil, fmt.Errorf("train: rank %d: opening the device communicator for the gradients: %w", t.rank(), err)
+		}
+		t.devComm, t.devRed = dc, red
+	}
 	// With a device pass (CUDA) the optimizer runs on the device: a step
 	// brings back only the loss and the gradient norm, and the host slabs
 	// are synced before anything reads them (checkpoints, the adapter).
-	if d, ok := t.Params.(DeviceOptimizer); ok && t.comm == nil && d.EnableDeviceOptimizer() {
+	// Data parallel, only when the gradients are summed on the device too.
+	if d, ok := t.Params.(DeviceOptimizer); ok && (t.comm == nil || devSum) && d.EnableDeviceOptimizer() {
 		if err := d.LoadFromHost(t.opt); err != nil {
 			return nil, fmt.Errorf("train: %w", err)
 		}
 		t.dev, t.synced = d, t.pos.Step
+	}
+	if devSum && t.dev == nil {
+		return nil, fmt.Errorf("train: rank %d: the gradients are on the device but its optimizer could not be enabled", t.rank())
 	}
 	if t.metrics != nil {
 		defer t.metrics.Close()
@@ -692,31 +749,42 @@ func (t *Trainer) setup(res *Result, params [][]float32) error {
 
 // checkGroup refuses a group whose ranks disagree on the run (a hash of
 // the configuration and recipe, the sequences and the parameter count), or
-// whose size does not divide the global batch.
-func (t *Trainer) checkGroup(nSeq, nParams int) error {
+// whose size does not divide the global batch. It also tells whether every
+// rank can sum its gradients on the device (devSum on every rank), so that
+// all ranks take the same path.
+func (t *Trainer) checkGroup(nSeq, nParams int, devSum bool) (bool, error) {
 	W, r := t.comm.Size(), t.comm.Rank()
 	c := t.Cfg
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%#v", c)
 	sum := h.Sum64() >> 12 // 52 bits: exact in a float64 sum with zeros
-	v := make([]float64, 3*W)
-	v[3*r], v[3*r+1], v[3*r+2] = float64(sum), float64(nSeq), float64(nParams)
+	const k = 4
+	v := make([]float64, k*W)
+	v[k*r], v[k*r+1], v[k*r+2] = float64(sum), float64(nSeq), float64(nParams)
+	if devSum {
+		v[k*r+3] = 1
+	}
 	if err := t.comm.AllReduceF64(v); err != nil {
-		return fmt.Errorf("train: exchanging the recipe hash: %w", err)
+		return false, fmt.Errorf("train: exchanging the recipe hash: %w", err)
 	}
 	var bad []string
-	for k := 1; k < W; k++ {
+	all := true
+	for q := 0; q < W; q++ {
+		all = all && v[k*q+3] == 1
+		if q == 0 {
+			continue
+		}
 		switch {
-		case v[3*k] != v[0]:
-			bad = append(bad, fmt.Sprintf("rank %d's recipe or flags differ from rank 0's (hash %013x, rank 0 %013x)", k, uint64(v[3*k]), uint64(v[0])))
-		case v[3*k+1] != v[1]:
-			bad = append(bad, fmt.Sprintf("rank %d has %d training sequences, rank 0 has %d", k, int(v[3*k+1]), int(v[1])))
-		case v[3*k+2] != v[2]:
-			bad = append(bad, fmt.Sprintf("rank %d trains %d parameters, rank 0 %d", k, int(v[3*k+2]), int(v[2])))
+		case v[k*q] != v[0]:
+			bad = append(bad, fmt.Sprintf("rank %d's recipe or flags differ from rank 0's (hash %013x, rank 0 %013x)", q, uint64(v[k*q]), uint64(v[0])))
+		case v[k*q+1] != v[1]:
+			bad = append(bad, fmt.Sprintf("rank %d has %d training sequences, rank 0 has %d", q, int(v[k*q+1]), int(v[1])))
+		case v[k*q+2] != v[2]:
+			bad = append(bad, fmt.Sprintf("rank %d trains %d parameters, rank 0 %d", q, int(v[k*q+2]), int(v[2])))
 		}
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("train: the %d ranks do not run the same job: %s; start every rank with the same recipe, --set overrides, data and --resume/--force", W, joinSemi(bad))
+		return false, fmt.Errorf("train: the %d ranks do not run the same job: %s; start every rank with the same recipe, --set overrides, data and --resume/--force", W, joinSemi(bad))
 	}
 	if per := c.BatchSize * c.GradAccum; per%W != 0 {
 		var fit []int
@@ -725,9 +793,9 @@ func (t *Trainer) checkGroup(nSeq, nParams int) error {
 				fit = append(fit, k)
 			}
 		}
-		return fmt.Errorf("train: %d ranks do not divide a step's %d sequences (train.batch_size %d x train.grad_accum %d): run %v ranks, or change batch_size or grad_accum", W, per, c.BatchSize, c.GradAccum, fit)
+		return false, fmt.Errorf("train: %d ranks do not divide a step's %d sequences (train.batch_size %d x train.grad_accum %d): run %v ranks, or change batch_size or grad_accum", W, per, c.BatchSize, c.GradAccum, fit)
 	}
-	return nil
+	return all, nil
 }
 
 func joinSemi(s []string) string {
@@ -847,13 +915,28 @@ func (t *Trainer) stepShare(rows []row, scale float32, dropout DropoutStepper, g
 		}
 		losses[i] = ls
 	}
-	for _, g := range grads {
-		if err := t.comm.AllReduceF32(g); err != nil {
-			return 0, fmt.Errorf("train: step %d: gradient all-reduce: %w", step, err)
-		}
-	}
+	// The losses first, on the host Comm: a rank that failed in its
+	// forward or backward has left the group (TCP: its connections closed;
+	// MPI: the job aborted), which this reports, rather than leaving the
+	// others waiting in a device all-reduce (NCCL does not notice a peer
+	// that never joins a collective).
 	if err := t.comm.AllReduceF64(losses); err != nil {
 		return 0, fmt.Errorf("train: step %d: loss all-reduce: %w", step, err)
+	}
+	// The sum of the ranks' gradients, each scaled by 1/(the step's trained
+	// tokens on all ranks) in Backward: the single process's normalisation,
+	// on the device (in place, before StepDevice's norm and clip) or on the
+	// host slabs (before GradNorm).
+	if t.devRed != nil {
+		if err := t.devRed.AllReduceGrads(t.devComm.AllReduceF32); err != nil {
+			return 0, fmt.Errorf("train: step %d: gradient all-reduce on the device: %w", step, err)
+		}
+	} else {
+		for _, g := range grads {
+			if err := t.comm.AllReduceF32(g); err != nil {
+				return 0, fmt.Errorf("train: step %d: gradient all-reduce: %w", step, err)
+			}
+		}
 	}
 	var sum float64
 	for _, ls := range losses {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/kernels/cpu" // the reference backend (registers itself)
 	"github.com/tunellm/tune/kernels/cuda"
@@ -39,10 +40,36 @@ func deviceBackend() (kernels.Backend, error) {
 	return backend, backendErr
 }
 
+// launchLocalRank is this process's rank among the ranks a launcher
+// (mpirun, srun, torchrun, --nproc-per-node) started on this machine, or -1
+// when it is not one (or the variables are malformed: the launch itself
+// reports that).
+func launchLocalRank(getenv func(string) string) int {
+	l, err := dist.Detect(getenv)
+	if err != nil || l.Launcher == "" {
+		return -1
+	}
+	return l.LocalRank
+}
+
+// gpuChoice says which GPU the cuda backend opens in this process and why
+// (cuda.ChooseDevice with the launch's local rank): "GPU 1 (local rank 1)".
+func gpuChoice(getenv func(string) string, count int) (int, string) {
+	idx, why, err := cuda.ChooseDevice(getenv, launchLocalRank(getenv), count)
+	if err != nil {
+		return -1, oneLine(err)
+	}
+	return idx, fmt.Sprintf("GPU %d (%s)", idx, why)
+}
+
 // openBackend opens dev's backend. auto falls back to the CPU with a
 // one-line notice on notice when there is no usable GPU; cuda without one is
-// a one-line error.
+// a one-line error. In a rank of a launch the GPU is the local rank's
+// (modulo the GPUs) unless TUNE_CUDA_DEVICE names one.
 func openBackend(dev string, notice io.Writer) (kernels.Backend, error) {
+	if dev == "cuda" || dev == "auto" {
+		cuda.SetLocalRank(launchLocalRank(os.Getenv))
+	}
 	switch dev {
 	case "", "cpu":
 		return kernels.Get("cpu")
@@ -94,9 +121,17 @@ func trainBackend(r *recipes.Recipe, notice io.Writer) (kernels.Backend, string,
 		return nil, "", err
 	}
 	desc := be.Name()
+	gpus := 0 // GPUs on this machine, when known
 	if g, ok := be.(*cuda.Backend); ok {
 		d := g.Device()
-		desc += fmt.Sprintf(": %s, compute capability %s, %.1f GiB", d.Name, d.CC(), float64(d.TotalMem)/(1<<30))
+		gpu := fmt.Sprintf("GPU %d", d.Index)
+		if info, err := cuda.Probe(); err == nil {
+			gpus = len(info.Devices)
+			if idx, why := gpuChoice(os.Getenv, len(info.Devices)); idx == d.Index {
+				gpu = why
+			}
+		}
+		desc += fmt.Sprintf(": %s, %s, compute capability %s, %.1f GiB", gpu, d.Name, d.CC(), float64(d.TotalMem)/(1<<30))
 		if g.BF16GEMM() {
 			desc += ", bf16 GEMMs"
 		} else {
@@ -106,7 +141,79 @@ func trainBackend(r *recipes.Recipe, notice io.Writer) (kernels.Backend, string,
 	if _, what := train.PeakFLOPS(be); what != "" {
 		desc += "; MFU against " + what
 	}
-	return be, desc, nil
+	transport, line, err := gradientTransport(be.Name(), gpus, os.Getenv, dist.NCCLAvailable)
+	if err != nil {
+		return nil, "", err
+	}
+	dist.SetWorldDevice(nil)
+	if g, ok := be.(*cuda.Backend); ok && transport == "nccl" {
+		dist.SetWorldDevice(ncclOpener(g))
+	}
+	return be, desc + line, nil
+}
+
+// gradientTransport is how a rank of a data-parallel run on device sums
+// its gradients (dist.GradientTransport: "nccl" or "host"; "" for a single
+// process) and the words the device line gets for it. nccl reports the
+// library (dist.NCCLAvailable in production). NCCL needs a GPU per rank:
+// with more local ranks than the machine's gpus (0: unknown) the ranks
+// share GPUs, and the sum stays on the host (an error when TUNE_DIST=nccl
+// insists). With "nccl" the trainer still sums on the host, with a notice,
+// when a rank's LoRA computes op by op (TUNE_CUDA_PASS=host, or an adapter
+// or base the device pass does not take).
+func gradientTransport(device string, gpus int, getenv func(string) string, nccl func() (path, version string, err error)) (transport, line string, err error) {
+	l, err := dist.Detect(getenv)
+	if err != nil || !l.Distributed() {
+		return "", "", nil // distRun reports malformed variables
+	}
+	host, err := dist.Backend(l, getenv)
+	if err != nil || host == "none" {
+		return "", "", err
+	}
+	var version string
+	transport, err = dist.GradientTransport(device, getenv, func() error {
+		var err error
+		_, version, err = nccl()
+		return err
+	})
+	if err != nil {
+		return "", "", err
+	}
+	if transport == "nccl" && gpus > 0 && (l.LocalRank >= gpus || l.LocalSize > gpus) {
+		ranks := max(l.LocalSize, l.LocalRank+1)
+		shared := fmt.Sprintf("%d local ranks share %d GPUs, and NCCL needs one GPU per rank", ranks, gpus)
+		if strings.EqualFold(strings.TrimSpace(getenv("TUNE_DIST")), "nccl") {
+			return "", "", fmt.Errorf("TUNE_DIST=nccl: %s: start at most %d ranks per machine", shared, gpus)
+		}
+		return "host", fmt.Sprintf("; gradients summed on the host over %s (%s)", host, shared), nil
+	}
+	if transport == "nccl" {
+		return transport, fmt.Sprintf("; gradients summed on the GPUs by NCCL %s (losses over %s)", version, host), nil
+	}
+	return transport, fmt.Sprintf("; gradients summed on the host over %s", host), nil
+}
+
+// ncclOpener opens NCCL over the host group on g's GPU (the trainer calls
+// it on every rank when the gradients are on the device everywhere).
+func ncclOpener(g *cuda.Backend) dist.DeviceOpener {
+	return func(boot dist.Comm) (dc dist.DeviceComm, err error) {
+		defer func() {
+			// CurrentContext panics with the driver's error when the
+			// context cannot be made current.
+			if p := recover(); p != nil {
+				e, ok := p.(error)
+				if !ok {
+					panic(p)
+				}
+				dc, err = nil, fmt.Errorf("dist: nccl: %w", e)
+			}
+		}()
+		n, err := dist.OpenNCCL(boot, dist.NCCLOptions{Enter: g.CurrentContext})
+		if err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
 }
 
 // setupBackend hands be to recipes.Setup.

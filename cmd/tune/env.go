@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/tunellm/tune/dist"
 	"github.com/tunellm/tune/kernels"
 	"github.com/tunellm/tune/kernels/cuda"
 )
@@ -17,6 +19,12 @@ type EnvOptions struct {
 	JSON bool
 	// Probe looks for CUDA; tests replace it. nil: cuda.Probe.
 	Probe func() (cuda.Info, error)
+	// NCCL looks for libnccl.so.2 when CUDA is available; nil:
+	// dist.NCCLAvailable.
+	NCCL func() (path, version string, err error)
+	// Getenv reads the launch's variables and TUNE_CUDA_DEVICE (which GPU
+	// this process would use); nil: os.Getenv.
+	Getenv func(string) string
 }
 
 func newCmdEnv(f *Factory, runF func(*EnvOptions) error) *cobra.Command {
@@ -28,10 +36,14 @@ func newCmdEnv(f *Factory, runF func(*EnvOptions) error) *cobra.Command {
 built in, and for CUDA what was found at run time (libcuda.so.1 and cuBLAS are
 loaded from the driver's and toolkit's usual places, TUNE_CUDA_LIB_DIR first):
 the CUDA version the driver supports, each GPU's name, memory and compute
-capability, and the cuBLAS version, or the one-line reason CUDA is unusable.
+capability, and the cuBLAS version, or the one-line reason CUDA is unusable;
+which GPU this process would train on (TUNE_CUDA_DEVICE, else, as a rank
+of mpirun/srun/torchrun, its local rank modulo the GPUs, else 0), and
+whether NCCL (libnccl.so.2, for summing gradients between GPUs) loads.
 Nothing is allocated on the GPU.`,
 		Example: `  tune env
   tune env --json | jq '.cuda.devices[0].name'
+  mpirun -np 2 tune env   # each rank's GPU
   TUNE_CUDA_LIB_DIR=$HOME/.local/lib/python3.11/site-packages/nvidia/cublas/lib tune env`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -62,6 +74,11 @@ type envCUDA struct {
 	CublasLib string      `json:"cublas_lib,omitempty"`
 	Devices   []envDevice `json:"devices"`
 	Searched  []string    `json:"searched"`
+	// Uses is the GPU this process opens and why ("GPU 1 (local rank 1)").
+	Uses      string `json:"uses,omitempty"`
+	NCCL      string `json:"nccl_version,omitempty"`
+	NCCLLib   string `json:"nccl_lib,omitempty"`
+	NCCLError string `json:"nccl_error,omitempty"`
 }
 
 type envReport struct {
@@ -91,6 +108,24 @@ func envRun(opts *EnvOptions) error {
 		rep.CUDA.Devices = append(rep.CUDA.Devices, envDevice{Index: d.Index, Name: d.Name,
 			MemoryGiB: float64(d.TotalMem) / (1 << 30), ComputeCapability: d.CC(), SMs: d.SMs})
 	}
+	getenv := opts.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if len(info.Devices) > 0 {
+		_, rep.CUDA.Uses = gpuChoice(getenv, len(info.Devices))
+	}
+	if rep.CUDA.Available {
+		nccl := opts.NCCL
+		if nccl == nil {
+			nccl = dist.NCCLAvailable
+		}
+		if path, version, err := nccl(); err != nil {
+			rep.CUDA.NCCLError = oneLine(err)
+		} else {
+			rep.CUDA.NCCL, rep.CUDA.NCCLLib = version, path
+		}
+	}
 	out := opts.IO.Out
 	if opts.JSON {
 		enc := json.NewEncoder(out)
@@ -107,8 +142,17 @@ func envRun(opts *EnvOptions) error {
 	for _, line := range strings.Split(strings.TrimRight(info.String(), "\n"), "\n") {
 		fmt.Fprintf(out, "  %s\n", line)
 	}
+	if rep.CUDA.Uses != "" {
+		fmt.Fprintf(out, "  uses:    %s\n", rep.CUDA.Uses)
+	}
 	if !rep.CUDA.Available {
 		fmt.Fprintf(out, "  searched: %s\n", strings.Join(rep.CUDA.Searched, ":"))
+		return nil
+	}
+	if rep.CUDA.NCCLError != "" {
+		fmt.Fprintf(out, "nccl:     unavailable (gradients of data-parallel runs are summed on the host): %s\n", rep.CUDA.NCCLError)
+	} else {
+		fmt.Fprintf(out, "nccl:     %s (%s)\n", rep.CUDA.NCCL, rep.CUDA.NCCLLib)
 	}
 	return nil
 }

@@ -65,3 +65,39 @@ func TestEnvReal(t *testing.T) {
 	}
 	t.Log(out.String())
 }
+
+// TestEnvRank: as a rank of a launch, tune env names the GPU the rank
+// trains on, and whether NCCL loads.
+func TestEnvRank(t *testing.T) {
+	info := cuda.Info{Driver: "12.8", DriverLib: "/usr/lib/x86_64-linux-gnu/libcuda.so.1", Cublas: "12.8.4", CublasLib: "/x/libcublas.so.12"}
+	for i := range 8 {
+		info.Devices = append(info.Devices, cuda.Device{Index: i, Name: "NVIDIA H200", TotalMem: 150 << 30, Major: 9})
+	}
+	mpirun := fakeEnv("OMPI_COMM_WORLD_RANK", "10", "OMPI_COMM_WORLD_SIZE", "16", "OMPI_COMM_WORLD_LOCAL_RANK", "2")
+	for _, c := range []struct {
+		name   string
+		getenv func(string) string
+		nccl   func() (string, string, error)
+		json   bool
+		want   []string
+	}{
+		{"rank", mpirun, func() (string, string, error) { return "/usr/lib/libnccl.so.2", "2.21.5", nil }, false,
+			[]string{"  uses:    GPU 2 (local rank 2)\n", "nccl:     2.21.5 (/usr/lib/libnccl.so.2)\n"}},
+		{"rank json", mpirun, func() (string, string, error) { return "/usr/lib/libnccl.so.2", "2.21.5", nil }, true,
+			[]string{`"uses": "GPU 2 (local rank 2)"`, `"nccl_version": "2.21.5"`}},
+		{"single process, no nccl", fakeEnv(), func() (string, string, error) { return "", "", errors.New("dist: nccl: libnccl.so.2 not found") }, false,
+			[]string{"  uses:    GPU 0 (default)\n", "nccl:     unavailable (gradients of data-parallel runs are summed on the host): dist: nccl: libnccl.so.2 not found\n"}},
+	} {
+		var out bytes.Buffer
+		opts := &EnvOptions{IO: &IOStreams{Out: &out, ErrOut: &out}, JSON: c.json, Getenv: c.getenv, NCCL: c.nccl,
+			Probe: func() (cuda.Info, error) { return info, nil }}
+		if err := envRun(opts); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s: output lacks %q:\n%s", c.name, w, out.String())
+			}
+		}
+	}
+}

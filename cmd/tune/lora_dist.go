@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -82,7 +83,7 @@ func spawnRanks(ios *IOStreams, n int) error {
 	for r := range n {
 		cmd := exec.Command(exe, os.Args[1:]...)
 		cmd.Env = append(os.Environ(), "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(n), "LOCAL_RANK="+strconv.Itoa(r),
-			"LOCAL_WORLD_SIZE="+strconv.Itoa(n), "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "TUNE_DIST=tcp", "GOMAXPROCS="+procs)
+			"LOCAL_WORLD_SIZE="+strconv.Itoa(n), "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "TUNE_DIST="+rankDist(os.Getenv), "GOMAXPROCS="+procs)
 		if r == 0 {
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, ios.Out, ios.ErrOut
 		} else {
@@ -156,6 +157,21 @@ func spawnRanks(ios *IOStreams, n int) error {
 		msg += fmt.Sprintf("rank %d: %v", e.rank, e.err)
 	}
 	return fmt.Errorf("--nproc-per-node %d: %s (see the messages above)", n, msg)
+}
+
+// rankDist is TUNE_DIST for the ranks spawnRanks starts: they talk TCP
+// (torchrun-style variables), and TUNE_DIST=nccl or the default (auto) is
+// kept so that on CUDA the gradients can still be summed by NCCL
+// (dist.GradientTransport); mpi and none, which do not apply to ranks this
+// command starts, become tcp (which also keeps the gradients on the host).
+func rankDist(getenv func(string) string) string {
+	switch v := strings.ToLower(strings.TrimSpace(getenv("TUNE_DIST"))); v {
+	case "nccl":
+		return v
+	case "", "auto":
+		return "auto"
+	}
+	return "tcp"
 }
 
 func signaled(err error) bool {

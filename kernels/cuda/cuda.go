@@ -36,7 +36,10 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/tunellm/tune/kernels"
@@ -131,9 +134,53 @@ const (
 
 var _ kernels.Backend = (*Backend)(nil)
 
-// Open makes a backend on GPU $TUNE_CUDA_DEVICE (default 0). It fails with a
-// one-line reason when there is no driver, no GPU or no cuBLAS, or when the
-// embedded PTX does not load (a driver older than the PTX's ISA).
+// launchLocalRank is this process's rank among the ranks of a launch on
+// this machine (SetLocalRank), -1 when it is not one.
+var launchLocalRank atomic.Int64
+
+func init() { launchLocalRank.Store(-1) }
+
+// SetLocalRank tells Open that this process is rank localRank among a
+// launch's ranks on this machine (dist.Detect's LocalRank; cmd/tune sets
+// it before the backend opens), or no rank when localRank < 0. The package
+// does not read the launchers' variables itself: package dist owns them.
+func SetLocalRank(localRank int) { launchLocalRank.Store(int64(localRank)) }
+
+// ChooseDevice is the GPU Open uses among count devices, and why:
+// $TUNE_CUDA_DEVICE when set (getenv); else, for a rank of a launch
+// (localRank >= 0), localRank % count, so that the ranks on a machine
+// spread over its GPUs (one each when there are as many GPUs as ranks; a
+// launcher that gives each rank one visible GPU makes it 0); else GPU 0.
+func ChooseDevice(getenv func(string) string, localRank, count int) (idx int, why string, err error) {
+	if count <= 0 {
+		return 0, "", fmt.Errorf("cuda: no GPU to choose from")
+	}
+	if s := strings.TrimSpace(getenv("TUNE_CUDA_DEVICE")); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n >= count {
+			return 0, "", fmt.Errorf("cuda: TUNE_CUDA_DEVICE=%q: want 0..%d", s, count-1)
+		}
+		return n, "TUNE_CUDA_DEVICE", nil
+	}
+	if localRank >= 0 {
+		idx = localRank % count
+		why = fmt.Sprintf("local rank %d", localRank)
+		switch {
+		case count == 1 && localRank > 0:
+			why += ", the one visible GPU"
+		case localRank >= count:
+			why += fmt.Sprintf(" mod %d GPUs: shared with local rank %d", count, idx)
+		}
+		return idx, why, nil
+	}
+	return 0, "default", nil
+}
+
+// Open makes a backend on the GPU ChooseDevice picks: $TUNE_CUDA_DEVICE,
+// else the local rank's (SetLocalRank) modulo the GPUs, else GPU 0. It
+// fails with a one-line reason when there is no driver, no GPU or no
+// cuBLAS, or when the embedded PTX does not load (a driver older than the
+// PTX's ISA).
 func Open() (*Backend, error) {
 	info, err := Probe()
 	if err != nil {
@@ -142,11 +189,9 @@ func Open() (*Backend, error) {
 	if info.DriverVersion < minDriver {
 		return nil, fmt.Errorf("cuda: the NVIDIA driver supports CUDA %s; tune's kernels (PTX 7.8) need CUDA 11.8 or newer: update the driver", info.Driver)
 	}
-	idx := 0
-	if s := os.Getenv("TUNE_CUDA_DEVICE"); s != "" {
-		if _, err := fmt.Sscan(s, &idx); err != nil || idx < 0 || idx >= len(info.Devices) {
-			return nil, fmt.Errorf("cuda: TUNE_CUDA_DEVICE=%q: want 0..%d", s, len(info.Devices)-1)
-		}
+	idx, _, err := ChooseDevice(os.Getenv, int(launchLocalRank.Load()), len(info.Devices))
+	if err != nil {
+		return nil, err
 	}
 	d, _ := loadDriver()
 	bl, _ := loadCublas()
