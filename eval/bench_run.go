@@ -26,6 +26,64 @@ type Scorer struct {
 	Tok    *tokenizer.Tokenizer
 	MaxLen int // left-truncation length; HFLM's max_length (0: Cfg.MaxPositions, else 2048)
 	MaxGen int // gsm8k max_gen_toks (0: 256)
+
+	// On a backend with a device windower (kernels/cuda), continuations are
+	// scored on the device: dev is sized for the longest input so far and
+	// rebuilt larger when one does not fit; noDev after the backend said
+	// it has none. BenchDist frees it.
+	dev      rangeScorer
+	devClose func()
+	noDev    bool
+}
+
+// rangeScorer scores the rows first.. of a window on a device.
+type rangeScorer interface {
+	WindowNLLFrom(tokens []int, first int) (float64, int, error)
+	MaxT() int
+}
+
+// device returns a device scorer for inputs of T tokens, or nil (the model
+// computes on its backend op by op).
+func (s *Scorer) device(T int) (rangeScorer, error) {
+	m, ok := s.M.(*model.Model)
+	if !ok || s.noDev {
+		return nil, nil
+	}
+	if s.dev != nil && s.dev.MaxT() >= T {
+		return s.dev, nil
+	}
+	maxT := T
+	if s.dev != nil {
+		maxT = max(T, 2*s.dev.MaxT())
+	}
+	maxT = max(maxT, 256)
+	if mp := s.Cfg.MaxPositions; mp > 0 {
+		maxT = min(maxT, mp)
+	}
+	s.release()
+	if maxT < T {
+		return nil, nil // beyond the position table: op by op
+	}
+	w, done, err := DeviceWindower(m, maxT)
+	if err != nil {
+		return nil, err
+	}
+	rs, ok := w.(rangeScorer)
+	if !ok {
+		done()
+		s.noDev = true
+		return nil, nil
+	}
+	s.dev, s.devClose = rs, done
+	return rs, nil
+}
+
+// release frees the device scorer.
+func (s *Scorer) release() {
+	if s.devClose != nil {
+		s.devClose()
+	}
+	s.dev, s.devClose = nil, nil
 }
 
 func (s *Scorer) maxLen() int {
@@ -75,6 +133,23 @@ func (s *Scorer) LogLikelihood(context, continuation string) (float64, int, erro
 	if len(inp) == 0 {
 		return 0, 0, fmt.Errorf("eval: bench: nothing to condition on for %q", continuation)
 	}
+	n := min(len(cont), len(inp))
+	dev, err := s.device(len(all))
+	if err != nil {
+		return 0, 0, err
+	}
+	if dev != nil {
+		// The whole input and the last continuation token in one window:
+		// rows len(inp)-n.. score all[len(inp)-n+1:].
+		nll, got, err := dev.WindowNLLFrom(all, len(inp)-n)
+		if err != nil {
+			return 0, 0, err
+		}
+		if got != n {
+			return 0, 0, fmt.Errorf("eval: bench: the device scored %d tokens of %d", got, n)
+		}
+		return -nll, n, nil
+	}
 	C, V := s.Cfg.Hidden, s.Cfg.Vocab
 	hidden := make([]float32, len(inp)*C)
 	c := s.M.NewCache(len(inp))
@@ -84,7 +159,6 @@ func (s *Scorer) LogLikelihood(context, continuation string) (float64, int, erro
 	logits := make([]float32, V)
 	lp := make([]float64, V)
 	var sum float64
-	n := min(len(cont), len(inp))
 	for k := range n {
 		t := len(inp) - n + k
 		s.M.Logits(logits, hidden[t*C:(t+1)*C])
@@ -171,6 +245,7 @@ func benchMetrics(task string) []string {
 // in item order, so the metrics are those of one process. A nil d is one
 // process. Progress gets the index of the item this rank just scored.
 func BenchDist(s *Scorer, items []Item, opts BenchOptions, d Reducer) (BenchResult, error) {
+	defer s.release()
 	if _, ok := taskColumns[opts.Task]; !ok {
 		return BenchResult{}, unknownTask(opts.Task)
 	}

@@ -35,13 +35,15 @@ func (m *Model) Generate(prompt []int, maxNew int, stop []int, opts SampleOption
 		return fmt.Errorf("model: generate: temperature %g, want >= 0", opts.Temperature)
 	}
 	cfg := m.Config
-	c := m.NewCache(len(prompt) + maxNew)
-	hidden := make([]float32, len(prompt)*cfg.Hidden)
-	if err := m.Forward(c, prompt, hidden); err != nil {
+	decode, done, err := m.decoder(len(prompt) + maxNew)
+	if err != nil {
 		return err
 	}
+	defer done()
 	logits := make([]float32, cfg.Vocab)
-	m.Logits(logits, hidden[(len(prompt)-1)*cfg.Hidden:])
+	if err := decode(prompt, logits); err != nil {
+		return err
+	}
 	s := newSampler(opts, cfg.Vocab)
 	next := []int{0}
 	for i := 0; ; i++ {
@@ -50,11 +52,60 @@ func (m *Model) Generate(prompt []int, maxNew int, stop []int, opts SampleOption
 			return nil
 		}
 		next[0] = id
-		if err := m.Forward(c, next, hidden[:cfg.Hidden]); err != nil {
+		if err := decode(next, logits); err != nil {
 			return err
 		}
-		m.Logits(logits, hidden[:cfg.Hidden])
 	}
+}
+
+// A backend with an accelerator may decode on its device (kernels/cuda's
+// DeviceDecoder: weights uploaded once, a key/value cache on the device,
+// one row of logits down per call) instead of op by op. Generate asks the
+// backend through deviceDecoderMaker; NewDeviceDecoder returns nil (and no
+// error) where the backend prefers its per-op path.
+type deviceDecoderMaker interface {
+	NewDeviceDecoder(m *Model, maxT int) (any, error)
+}
+
+// deviceDecoder appends tokens at the next positions of its cache and
+// writes the last one's logits [V].
+type deviceDecoder interface {
+	Decode(tokens []int, logits []float32) error
+	Close()
+}
+
+// decoder returns the function Generate feeds tokens through (appending
+// them to a sequence of up to maxT positions and writing the last one's
+// logits) and the one that frees it: the backend's device decoder, or
+// Forward over a Cache and Logits.
+func (m *Model) decoder(maxT int) (func(tokens []int, logits []float32) error, func(), error) {
+	if dm, ok := m.Backend().(deviceDecoderMaker); ok {
+		d, err := dm.NewDeviceDecoder(m, maxT)
+		if err != nil {
+			return nil, nil, fmt.Errorf("model: generate on backend %s: %w", m.Backend().Name(), err)
+		}
+		if d != nil {
+			dd, ok := d.(deviceDecoder)
+			if !ok {
+				return nil, nil, fmt.Errorf("model: generate on backend %s: %T lacks Decode or Close", m.Backend().Name(), d)
+			}
+			return dd.Decode, dd.Close, nil
+		}
+	}
+	C := m.Config.Hidden
+	c := m.NewCache(maxT)
+	var hidden []float32
+	return func(tokens []int, logits []float32) error {
+		if need := len(tokens) * C; cap(hidden) < need {
+			hidden = make([]float32, need)
+		}
+		h := hidden[:len(tokens)*C]
+		if err := m.Forward(c, tokens, h); err != nil {
+			return err
+		}
+		m.Logits(logits, h[(len(tokens)-1)*C:])
+		return nil
+	}, func() {}, nil
 }
 
 type sampler struct {

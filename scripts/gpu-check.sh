@@ -111,10 +111,10 @@ for t in Embedding MatMul RMSNorm RoPE Attention Elementwise SoftmaxNLL AdamW BF
 done
 TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage attn-tc 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run '^TestAttentionTC$'
 TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage dequant 40 "$TEST" -test.count=1 -test.v -test.timeout=35s -test.run '^(TestDequantKernels|TestQuantMatMul)$'
-for t in ModelForward ModelTrainPass DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU LoRAGolden FineTune50; do
+for t in ModelForward ModelTrainPass DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU DeviceDecoderGPU LoRAGolden FineTune50; do
 	TUNE_CUDA_REPORT=$WORK/ops-fp32.txt stage "$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
-for t in OpsMatMul QuantMatMul ModelForward DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU FineTune50; do
+for t in OpsMatMul QuantMatMul ModelForward DevicePassGPU DevicePassQuantizedGPU DevicePassDoRAGPU DeviceWindowerGPU DeviceKLDGPU DeviceDecoderGPU FineTune50; do
 	TUNE_CUDA_GEMM=bf16 TUNE_CUDA_REPORT=$WORK/ops-bf16.txt stage "bf16-$t" 60 "$TEST" -test.count=1 -test.v -test.timeout=55s -test.run "^Test$t\$"
 done
 

@@ -33,6 +33,7 @@ type DeviceWindower struct {
 	// The pass's int32 inputs of one window: positions 0..maxT-1, one
 	// segment, labels = the tokens (the pass scores row t with labels[t+1]).
 	ids, pos, seg []int32
+	lab           []int32 // labels of WindowNLLFrom
 }
 
 // NewDeviceWindower is newDeviceWindower for callers that must not import
@@ -82,7 +83,7 @@ func (b *Backend) newDeviceWindower(m *model.Model, a *lora.Adapter, maxT int) (
 	// slab against the uploaded one.
 	p.hostSync = false
 	w := &DeviceWindower{p: p, V: m.Config.Vocab, maxT: maxT,
-		ids: make([]int32, maxT), pos: make([]int32, maxT), seg: make([]int32, maxT)}
+		ids: make([]int32, maxT), pos: make([]int32, maxT), seg: make([]int32, maxT), lab: make([]int32, maxT)}
 	for t := range w.pos {
 		w.pos[t] = int32(t)
 	}
@@ -94,8 +95,18 @@ func (b *Backend) newDeviceWindower(m *model.Model, a *lora.Adapter, maxT int) (
 // error: eval.Perplexity builds it for its longest window, and growing
 // would mean a second activation slab beside the first.
 func (w *DeviceWindower) WindowNLL(tokens []int) (sum float64, n int, err error) {
+	return w.WindowNLLFrom(tokens, 0)
+}
+
+// WindowNLLFrom is WindowNLL scoring rows first..len(tokens)-2 only (row t
+// predicts tokens[t+1]): the negative log-likelihood of tokens[first+1:]
+// given what precedes them (eval's bench continuations).
+func (w *DeviceWindower) WindowNLLFrom(tokens []int, first int) (sum float64, n int, err error) {
 	T := len(tokens)
-	if T < 2 {
+	if first < 0 {
+		return 0, 0, fmt.Errorf("cuda: device windower: first scored row %d, want >= 0", first)
+	}
+	if T-1-first <= 0 {
 		return 0, 0, nil
 	}
 	if T > w.maxT {
@@ -111,14 +122,18 @@ func (w *DeviceWindower) WindowNLL(tokens []int) (sum float64, n int, err error)
 			return 0, 0, fmt.Errorf("model: forward: tokens[%d] = %d outside the vocabulary [0,%d)", t, id, w.V)
 		}
 		w.ids[t] = int32(id)
+		w.lab[t] = int32(id)
+		if t <= first {
+			w.lab[t] = model.IgnoreIndex
+		}
 	}
-	// labels = ids: row t is scored with labels[t+1] = tokens[t+1].
-	sum, n, err = w.p.Eval(w.ids[:T], w.pos[:T], w.seg[:T], w.ids[:T])
+	// Row t is scored with labels[t+1].
+	sum, n, err = w.p.Eval(w.ids[:T], w.pos[:T], w.seg[:T], w.lab[:T])
 	if err != nil {
 		return 0, 0, err
 	}
-	if n != T-1 {
-		return 0, 0, fmt.Errorf("cuda: device windower: the pass scored %d rows of a %d-token window, want %d", n, T, T-1)
+	if n != T-1-first {
+		return 0, 0, fmt.Errorf("cuda: device windower: the pass scored %d rows of a %d-token window from row %d, want %d", n, T, first, T-1-first)
 	}
 	return sum, n, nil
 }

@@ -2,8 +2,10 @@ package cuda
 
 import (
 	"fmt"
+	"github.com/tunellm/tune/tokenizer"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -276,5 +278,52 @@ func TestDryDeviceWindower(t *testing.T) {
 	}
 	if dryLaunches["gather_rows"] == 0 || dryLaunches["nll_fwd"] == 0 {
 		t.Fatalf("the pass's kernels did not run: %v", dryLaunches)
+	}
+}
+
+// TestDeviceBenchScorer: eval.Scorer's continuation log-likelihoods (the
+// bench tasks' choices) scored on the fake device through the windower's
+// WindowNLLFrom equal the CPU's (Forward, then log-softmax of the last
+// rows), for short and long contexts (401 tokens after the left
+// truncation: the windower, first sized 256, grows), an empty
+// context (EOS first) and a one-token continuation; the device path ran.
+func TestDeviceBenchScorer(t *testing.T) {
+	for _, name := range []string{"qwen3-tied", "llama3"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join("..", "..", "testdata", "models", name)
+			tok, err := tokenizer.Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mc := loadOn(t, name, cpu.New(1))
+			fb, fake := newFake(t, false)
+			mg := loadOn(t, name, fb)
+			sc := &eval.Scorer{M: mc, Cfg: mc.Config, Tok: tok, MaxLen: 400}
+			sg := &eval.Scorer{M: mg, Cfg: mg.Config, Tok: tok, MaxLen: 400}
+			long := strings.Repeat("The court held that the contract was void. ", 40)
+			for _, c := range []struct{ ctx, cont string }{
+				{"Question: what is two plus two?\nAnswer:", " four"},
+				{"The capital of France is", " Paris, a city on the Seine"},
+				{"", "Hello world"},
+				{long, " yes"},
+				{"a", "b"},
+			} {
+				want, wn, err := sc.LogLikelihood(c.ctx, c.cont)
+				if err != nil {
+					t.Fatal(err)
+				}
+				before := fake.launches["nll_fwd"]
+				got, gn, err := sg.LogLikelihood(c.ctx, c.cont)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fake.launches["nll_fwd"] == before {
+					t.Fatalf("%.20q + %q: not scored on the device", c.ctx, c.cont)
+				}
+				if gn != wn || math.Abs(got-want) > 1e-5*math.Abs(want)+1e-6 {
+					t.Fatalf("%.20q + %q: device %v over %d tokens, cpu %v over %d", c.ctx, c.cont, got, gn, want, wn)
+				}
+			}
+		})
 	}
 }

@@ -445,6 +445,8 @@ type LoRAPass struct {
 	mods []devModule
 	by   [][nMod]*devModule // [L][module], nil where not adapted
 
+	kv *kvCache // decoding (devgen.go): the layers' key/value caches
+
 	host     []int32 // the int32 inputs, uploaded in one copy
 	T, n     int
 	train    bool
@@ -1010,7 +1012,17 @@ func (p *LoRAPass) layerForward(l, T int, recompute bool) {
 	}
 	p.ropeOp(a.q, T, NH, 1)
 	p.ropeOp(a.k, T, KVH, 1)
-	if d.tcAttn {
+	if kv := p.kv; kv != nil {
+		// Decoding (devgen.go): k and v join the layer's cache at rows
+		// pos0.., and the queries attend over rows 0..pos0+t.
+		kvd := uint64(KVH * HD)
+		off, n := uint64(kv.pos0)*kvd*4, uint64(T)*kvd*4
+		p.b.must("cuMemcpyDtoD", p.b.d.cuMemcpyDtoD(kv.k[l]+off, a.k, n))
+		p.b.must("cuMemcpyDtoD", p.b.d.cuMemcpyDtoD(kv.v[l]+off, a.v, n))
+		scale := float32(1 / math.Sqrt(float64(HD)))
+		p.b.launch("attention_fwd", blocks(T*NH, attnWarps), attnWarps*32, a.att, a.q, kv.k[l], kv.v[l], uint64(0), kv.pos0, T, NH, KVH, HD,
+			p.dec.layers[l].window, scale)
+	} else if d.tcAttn {
 		p.b.attnFwdTC(a.att, p.attnLSE(l), a.q, a.k, a.v, p.segStart(), T, NH, KVH, HD, p.dec.layers[l].window)
 	} else {
 		scale := float32(1 / math.Sqrt(float64(HD)))
@@ -1184,6 +1196,20 @@ func (p *LoRAPass) forward(op string, tokens, positions, segIDs, labels []int32,
 	b.must("cuMemcpyHtoD", b.d.cuMemcpyHtoD(p.ints, unsafe.Pointer(&p.host[0]), uint64(len(p.host))*4))
 	p.T, p.n, p.train = T, n, train
 	d := p.dims
+	p.embedRows(T)
+	for l := range d.L {
+		p.layerForward(l, T, false)
+	}
+	p.rmsnorm(p.hidden, p.xs[d.L], p.norm, T, d.C)
+	lossSum = p.lossForward(T, n, train)
+	p.ready = train
+	return lossSum, n, nil
+}
+
+// embedRows gathers the RoPE angles of the uploaded positions and the
+// embeddings of the uploaded tokens of T rows (into p.xs[0]).
+func (p *LoRAPass) embedRows(T int) {
+	b, d := p.b, p.dims
 	half := d.HD / 2
 	b.launch("gather_rows", T, 64, p.cos, p.tabCos, p.positions(), T, half)
 	b.launch("gather_rows", T, 64, p.sin, p.tabSin, p.positions(), T, half)
@@ -1192,13 +1218,6 @@ func (p *LoRAPass) forward(op string, tokens, positions, segIDs, labels []int32,
 	} else {
 		b.launch("embedding_fwd", T, rowThreads, p.xs[0], p.tokens(), p.embed, T, d.C)
 	}
-	for l := range d.L {
-		p.layerForward(l, T, false)
-	}
-	p.rmsnorm(p.hidden, p.xs[d.L], p.norm, T, d.C)
-	lossSum = p.lossForward(T, n, train)
-	p.ready = train
-	return lossSum, n, nil
 }
 
 // lossForward is model/loss.go's lossForward (LoRA: the LM head's backward
