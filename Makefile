@@ -70,6 +70,6 @@ kernels/cuda/kernels.ptx: kernels/cuda/kernels.cu kernels/cuda/dora.cu kernels/c
 # The GPU check: builds what the device machine runs (it has no Go), then run there, in one call,
 #   scripts/gpu-check.sh   with bin/tune and bin/cuda.test carried (see docs/GPU.md).
 gpu-check: build
-	CGO_ENABLED=0 $(GO) test -c -o bin/cuda.test ./kernels/cuda/
+	CGO_ENABLED=0 $(GO) test -c -trimpath -ldflags "-s -w" -o bin/cuda.test ./kernels/cuda/
 	@echo 'on the device: scripts/gpu-check.sh (carry bin/tune bin/cuda.test); results go to docs/GPU.md'
 
