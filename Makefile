@@ -43,7 +43,7 @@ fuzz:
 	@for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs grep -H -o '^func Fuzz[A-Za-z0-9_]*' | sed 's|^\./||; s|/[^/]*_test.go:func |:|'); do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "fuzz ./$$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) ./$$pkg || exit 1; \
+		GO=$(GO) scripts/fuzz.sh ./$$pkg $$fn $(FUZZTIME) || exit 1; \
 	done
 
 lint:
