@@ -60,10 +60,10 @@ func (s *Scorer) device(T int) (rangeScorer, error) {
 	if mp := s.Cfg.MaxPositions; mp > 0 {
 		maxT = min(maxT, mp)
 	}
-	s.release()
 	if maxT < T {
-		return nil, nil // beyond the position table: op by op
+		return nil, nil // beyond the position table: this input op by op, the scorer kept
 	}
+	s.release()
 	w, done, err := DeviceWindower(m, maxT)
 	if err != nil {
 		return nil, err

@@ -218,16 +218,9 @@ func (b *Backend) qForward(o, x uint64, w kernels.Weight, T int, dt int32) {
 // device pass keeps its own pointers).
 func (b *Backend) qForwardRaw(o, x, raw uint64, w kernels.Weight, T int, dt int32) {
 	C, OC := w.Cols, w.Rows
-	esz := 4
-	if dt != dtR32F {
-		esz = 2
-	}
-	tile, rows := b.tileFor(w, esz)
-	for r0 := 0; r0 < OC; r0 += rows {
-		r1 := min(OC, r0+rows)
-		b.dequantRows(tile, raw, w, r0, r1, esz == 2)
+	b.eachTile(raw, w, dt, func(tile uint64, r0, r1, _ int) {
 		b.gemm("matmul (dequantized tile)", opT, opN, r1-r0, T, C, tile, C, x, C, 0, o+uint64(r0)*4, OC, dt)
-	}
+	})
 }
 
 // qDin: di[T,C] += d[T,OC]·w on a quantized w (column-major Din = W·Dout),
@@ -240,15 +233,24 @@ func (b *Backend) qDin(di, d uint64, w kernels.Weight, T int, dt int32) {
 // qDinRaw is qDin on w's blocks already on the device at raw.
 func (b *Backend) qDinRaw(di, d, raw uint64, w kernels.Weight, T int, dt int32) {
 	C, OC := w.Cols, w.Rows
+	b.eachTile(raw, w, dt, func(tile uint64, r0, r1, esz int) {
+		b.gemm("matmul_back din (dequantized tile)", opN, opN, C, T, r1-r0, tile, C, d+uint64(r0)*uint64(esz), OC, 1, di, C, dt)
+	})
+}
+
+// eachTile expands w (its blocks at raw) a tile of rows at a time into the
+// backend's tile buffer, as fp32 or, when the GEMM dtype dt is bf16, bf16
+// (esz bytes an element), and calls f with each tile and its rows [r0,r1).
+func (b *Backend) eachTile(raw uint64, w kernels.Weight, dt int32, f func(tile uint64, r0, r1, esz int)) {
 	esz := 4
 	if dt != dtR32F {
 		esz = 2
 	}
 	tile, rows := b.tileFor(w, esz)
-	for r0 := 0; r0 < OC; r0 += rows {
-		r1 := min(OC, r0+rows)
+	for r0 := 0; r0 < w.Rows; r0 += rows {
+		r1 := min(w.Rows, r0+rows)
 		b.dequantRows(tile, raw, w, r0, r1, esz == 2)
-		b.gemm("matmul_back din (dequantized tile)", opN, opN, C, T, r1-r0, tile, C, d+uint64(r0)*uint64(esz), OC, 1, di, C, dt)
+		f(tile, r0, r1, esz)
 	}
 }
 

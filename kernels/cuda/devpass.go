@@ -612,8 +612,8 @@ func (p *LoRAPass) planModules() error {
 			if !ok || o.a < 0 || o.b < 0 {
 				return fmt.Errorf("cuda: device pass: layer %d %s: adapter lacks lora_A or lora_B", l, lora.Modules[m])
 			}
-			if err := checkDoRA(l, m, o.mag, p.ad.DoRA()); err != nil {
-				return err
+			if p.ad.DoRA() && o.mag < 0 {
+				return fmt.Errorf("cuda: device pass: layer %d %s: DoRA adapter lacks lora_magnitude_vector", l, lora.Modules[m])
 			}
 			md := devModule{layer: l, m: m, r: r, out: shape[m][0], in: shape[m][1], s: float32(s),
 				a: uint64(o.a), b: uint64(o.b), da: uint64(o.a), db: uint64(o.b), dora: p.ad.DoRA(), magOff: o.mag}

@@ -157,11 +157,3 @@ func (p *LoRAPass) doraModule(md *devModule) error {
 	}
 	return nil
 }
-
-// checkDoRA reports a DoRA module whose tensors the pass cannot map.
-func checkDoRA(l int, m int, magOff int, dora bool) error {
-	if dora && magOff < 0 {
-		return fmt.Errorf("cuda: device pass: layer %d %s: DoRA adapter lacks lora_magnitude_vector", l, lora.Modules[m])
-	}
-	return nil
-}
